@@ -1,0 +1,561 @@
+//! Configuration: `jinryu.toml` parsed once, validated with every problem reported at once, and
+//! turned into the typed values the stages use ([`Config`], [`SensorRegistry`], [`WindowSpec`]).
+//!
+//! Rules: unknown keys are an error that names the key; each error carries its key path and what to
+//! do about it; nothing else in the program reads the file or the environment for settings.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use crate::window::time::{ClosedHours, WindowSpec};
+
+/// The default configuration of the Chi-Ka-Ho deployment, used by `jinryu demo` and shipped as
+/// `docker/jinryu.toml`.
+pub const CHIKAHO_TOML: &str = include_str!("../docker/jinryu.toml");
+
+/// Most directions a sensor may have (the window state keeps them in a fixed array).
+pub const MAX_DIRECTIONS: usize = 8;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path, e.g. `sensors[2].directions`.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// All problems found in one configuration file.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {} problem(s) in the configuration:\n{}", problems.len(), list(problems))]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<ConfigProblem>,
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written (all optional, so that one pass can report every problem).
+
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    timezone: Option<String>,
+    storage: Option<RawStorage>,
+    window: Option<RawWindow>,
+    facility: Option<RawFacility>,
+    validation: Option<RawValidation>,
+    sink: Option<RawSink>,
+    #[serde(default)]
+    sensors: Vec<RawSensor>,
+    kafka: Option<RawKafka>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawStorage {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawWindow {
+    size: Option<String>,
+    allowed_lateness: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawFacility {
+    #[serde(default)]
+    closed: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawValidation {
+    max_message_bytes: Option<usize>,
+    max_count: Option<u64>,
+    max_future: Option<String>,
+    earliest: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawSink {
+    roll_rows: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawSensor {
+    id: Option<String>,
+    array: Option<String>,
+    directions: Option<Vec<String>>,
+}
+
+/// Kafka settings: parsed and validated now so the names stay stable; used by `jinryu run`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct RawKafka {
+    pub brokers: Option<String>,
+    pub topic: Option<String>,
+    pub group: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+
+/// Limits applied when decoding a message (see `schemas/sensor-event.schema.json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Larger messages are quarantined as `too_large`.
+    pub max_message_bytes: usize,
+    /// Largest `count` one message may carry.
+    pub max_count: u64,
+    /// How far ahead of the wall clock an event time may be, in milliseconds.
+    pub max_future_ms: i64,
+    /// Event times before this (epoch milliseconds) are quarantined as `timestamp_out_of_range`.
+    pub earliest_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4096,
+            max_count: 1000,
+            max_future_ms: 3_600_000,
+            earliest_ms: 946_684_800_000, // 2000-01-01T00:00:00Z
+        }
+    }
+}
+
+/// One configured sensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sensor {
+    pub id: String,
+    pub array: String,
+    pub directions: Vec<String>,
+}
+
+/// The sensor registry: the only sensors whose events are accepted, in configuration order.
+#[derive(Debug, Clone)]
+pub struct SensorRegistry {
+    sensors: Vec<Sensor>,
+    index: HashMap<String, u32>,
+}
+
+impl SensorRegistry {
+    pub fn new(sensors: Vec<Sensor>) -> Self {
+        let index = sensors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i as u32))
+            .collect();
+        SensorRegistry { sensors, index }
+    }
+    /// Index of a sensor id, if registered.
+    #[inline]
+    pub fn lookup(&self, id: &str) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+    #[inline]
+    pub fn get(&self, idx: u32) -> &Sensor {
+        &self.sensors[idx as usize]
+    }
+    /// Index of `direction` among the sensor's configured directions.
+    #[inline]
+    pub fn direction(&self, idx: u32, direction: &str) -> Option<u8> {
+        self.sensors[idx as usize]
+            .directions
+            .iter()
+            .position(|d| d == direction)
+            .map(|p| p as u8)
+    }
+    pub fn sensors(&self) -> &[Sensor] {
+        &self.sensors
+    }
+    pub fn len(&self) -> usize {
+        self.sensors.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.sensors.is_empty()
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub timezone: Tz,
+    pub storage_url: String,
+    pub window: WindowSpec,
+    pub limits: Limits,
+    pub roll_rows: usize,
+    pub registry: SensorRegistry,
+    pub kafka: Option<RawKafka>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            problems: vec![ConfigProblem {
+                key: "(file)".into(),
+                message: format!(
+                    "cannot read the configuration file: {e}. Pass an existing file with --config \
+                     (docker/jinryu.toml in the repository is a complete example)."
+                ),
+            }],
+        })?;
+        Config::parse(&text, &name)
+    }
+
+    /// Parses and validates configuration text; `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            fail(vec![ConfigProblem {
+                key: "(syntax)".into(),
+                message: format!("not valid TOML: {}", e.to_string().trim_end()),
+            }])
+        })?;
+        let raw: RawConfig = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+            .map_err(|e| {
+                fail(vec![ConfigProblem {
+                    key: "(types)".into(),
+                    message: format!(
+                        "{} (see docker/jinryu.toml for the expected shape)",
+                        e.to_string().trim_end()
+                    ),
+                }])
+            })?;
+        let mut problems: Vec<ConfigProblem> = unknown
+            .into_iter()
+            .map(|key| ConfigProblem {
+                message: format!(
+                    "unknown key `{key}`; remove it or check its spelling (known sections: timezone, \
+                     storage, window, facility, validation, sink, sensors, kafka)"
+                ),
+                key,
+            })
+            .collect();
+        let cfg = validate(raw, &mut problems);
+        if problems.is_empty() {
+            Ok(cfg.expect("validated config"))
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// The embedded Chi-Ka-Ho configuration with its storage pointed at `storage_url`.
+    pub fn chikaho(storage_url: &str) -> Config {
+        let mut cfg = Config::parse(CHIKAHO_TOML, "docker/jinryu.toml").expect("embedded config");
+        cfg.storage_url = storage_url.to_string();
+        cfg
+    }
+}
+
+fn problem(problems: &mut Vec<ConfigProblem>, key: impl Into<String>, message: impl Into<String>) {
+    problems.push(ConfigProblem {
+        key: key.into(),
+        message: message.into(),
+    });
+}
+
+fn duration_ms(
+    problems: &mut Vec<ConfigProblem>,
+    key: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Option<i64> {
+    let text = value.unwrap_or(default);
+    match humantime::parse_duration(text) {
+        Ok(d) => Some(d.as_millis() as i64),
+        Err(e) => {
+            problem(
+                problems,
+                key,
+                format!(
+                    "`{text}` is not a duration ({e}); write it like \"15m\", \"90s\" or \"1h\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config> {
+    let tz_name = raw.timezone.as_deref().unwrap_or("Asia/Tokyo");
+    let timezone = match tz_name.parse::<Tz>() {
+        Ok(tz) => Some(tz),
+        Err(_) => {
+            problem(
+                problems,
+                "timezone",
+                format!("`{tz_name}` is not an IANA time zone name; write e.g. \"Asia/Tokyo\""),
+            );
+            None
+        }
+    };
+
+    let storage_url = raw
+        .storage
+        .and_then(|s| s.url)
+        .unwrap_or_else(|| "file://./jinryu-data".to_string());
+    if let Err(msg) = crate::sink::store::check_url(&storage_url) {
+        problem(problems, "storage.url", msg);
+    }
+
+    let w = raw.window.unwrap_or_default();
+    let size_ms = duration_ms(problems, "window.size", w.size.as_deref(), "15m");
+    let lateness_ms = duration_ms(
+        problems,
+        "window.allowed_lateness",
+        w.allowed_lateness.as_deref(),
+        "10m",
+    );
+    if let Some(size) = size_ms
+        && (size < 60_000 || 86_400_000 % size != 0 || size % 60_000 != 0)
+    {
+        problem(
+            problems,
+            "window.size",
+            "the window size must be whole minutes and divide a day evenly (e.g. \"15m\", \"30m\", \"1h\")",
+        );
+    }
+    if let Some(l) = lateness_ms
+        && !(0..=86_400_000).contains(&l)
+    {
+        problem(
+            problems,
+            "window.allowed_lateness",
+            "allowed lateness must be between 0s and 24h",
+        );
+    }
+
+    let mut closed = Vec::new();
+    for (i, range) in raw.facility.unwrap_or_default().closed.iter().enumerate() {
+        match ClosedHours::parse(range) {
+            Ok(c) => closed.push(c),
+            Err(msg) => problem(problems, format!("facility.closed[{i}]"), msg),
+        }
+    }
+
+    let v = raw.validation.unwrap_or_default();
+    let defaults = Limits::default();
+    let max_future_ms = duration_ms(
+        problems,
+        "validation.max_future",
+        v.max_future.as_deref(),
+        "1h",
+    );
+    let earliest_ms = match v.earliest.as_deref() {
+        None => Some(defaults.earliest_ms),
+        Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(t) => Some(t.timestamp_millis()),
+            Err(e) => {
+                problem(
+                    problems,
+                    "validation.earliest",
+                    format!(
+                        "`{text}` is not an RFC 3339 time with offset ({e}); write e.g. \"2020-01-01T00:00:00+09:00\""
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let limits = Limits {
+        max_message_bytes: v.max_message_bytes.unwrap_or(defaults.max_message_bytes),
+        max_count: v.max_count.unwrap_or(defaults.max_count),
+        max_future_ms: max_future_ms.unwrap_or(defaults.max_future_ms),
+        earliest_ms: earliest_ms.unwrap_or(defaults.earliest_ms),
+    };
+    if !(64..=1 << 20).contains(&limits.max_message_bytes) {
+        problem(
+            problems,
+            "validation.max_message_bytes",
+            "must be between 64 and 1048576",
+        );
+    }
+    if limits.max_count == 0 {
+        problem(problems, "validation.max_count", "must be at least 1");
+    }
+
+    let roll_rows = raw.sink.and_then(|s| s.roll_rows).unwrap_or(1_000_000);
+    if roll_rows == 0 {
+        problem(problems, "sink.roll_rows", "must be at least 1");
+    }
+
+    if raw.sensors.is_empty() {
+        problem(
+            problems,
+            "sensors",
+            "no sensors are configured; add one [[sensors]] table per counter with id, array and directions",
+        );
+    }
+    let mut sensors = Vec::new();
+    let mut seen = HashMap::new();
+    for (i, s) in raw.sensors.into_iter().enumerate() {
+        let key = format!("sensors[{i}]");
+        let Some(id) = s.id.filter(|id| !id.trim().is_empty()) else {
+            problem(
+                problems,
+                format!("{key}.id"),
+                "every sensor needs a non-empty id",
+            );
+            continue;
+        };
+        if id.len() > 64 || id.chars().any(|c| c.is_control() || c == '/') {
+            problem(
+                problems,
+                format!("{key}.id"),
+                format!(
+                    "sensor id `{id}` must be at most 64 characters, without '/' or control characters"
+                ),
+            );
+        }
+        if let Some(prev) = seen.insert(id.clone(), i) {
+            problem(
+                problems,
+                format!("{key}.id"),
+                format!("sensor id `{id}` is already used by sensors[{prev}]; ids must be unique"),
+            );
+        }
+        let array = s.array.unwrap_or_default();
+        if array.trim().is_empty() {
+            problem(
+                problems,
+                format!("{key}.array"),
+                format!("sensor `{id}` needs an array (e.g. \"J1\")"),
+            );
+        }
+        let directions = s
+            .directions
+            .unwrap_or_else(|| vec!["north".into(), "south".into()]);
+        if directions.is_empty() || directions.len() > MAX_DIRECTIONS {
+            problem(
+                problems,
+                format!("{key}.directions"),
+                format!("sensor `{id}` needs between 1 and {MAX_DIRECTIONS} directions"),
+            );
+        }
+        let mut uniq = directions.clone();
+        uniq.sort();
+        uniq.dedup();
+        if uniq.len() != directions.len() || directions.iter().any(|d| d.trim().is_empty()) {
+            problem(
+                problems,
+                format!("{key}.directions"),
+                format!("sensor `{id}` lists an empty or repeated direction"),
+            );
+        }
+        sensors.push(Sensor {
+            id,
+            array,
+            directions,
+        });
+    }
+
+    if let Some(k) = &raw.kafka
+        && k.topic.as_deref().is_some_and(str::is_empty)
+    {
+        problem(problems, "kafka.topic", "must not be empty");
+    }
+
+    Some(Config {
+        timezone: timezone?,
+        storage_url,
+        window: WindowSpec::new(size_ms?, lateness_ms?, timezone?, closed),
+        limits,
+        roll_rows,
+        registry: SensorRegistry::new(sensors),
+        kafka: raw.kafka,
+    })
+}
+
+/// Parses a human duration such as `"15m"` (used by command-line flags too).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_chikaho_config_is_valid() {
+        let cfg = Config::chikaho("memory://");
+        assert_eq!(cfg.registry.len(), 8);
+        assert_eq!(cfg.timezone, chrono_tz::Asia::Tokyo);
+        assert_eq!(cfg.window.size_ms, 900_000);
+        let arrays: Vec<_> = cfg
+            .registry
+            .sensors()
+            .iter()
+            .map(|s| s.array.as_str())
+            .collect();
+        assert_eq!(arrays.iter().filter(|a| **a == "J1").count(), 3);
+        assert_eq!(arrays.iter().filter(|a| **a == "J2").count(), 5);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+timezone = "Mars/Olympus"
+colour = "blue"
+[window]
+size = "7m"
+allowed_lateness = "soon"
+[facility]
+closed = ["25:00-03:00"]
+[[sensors]]
+id = "A"
+array = "X"
+directions = ["in", "in"]
+speed = 3
+[[sensors]]
+id = "A"
+"#;
+        let err = Config::parse(text, "t.toml").unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "colour",
+            "sensors.0.speed",
+            "timezone",
+            "window.size",
+            "window.allowed_lateness",
+            "facility.closed[0]",
+            "sensors[0].directions",
+            "sensors[1].id",
+            "sensors[1].array",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}");
+        }
+        assert!(err.to_string().contains("unknown key `colour`"));
+    }
+
+    #[test]
+    fn syntax_and_type_errors_are_reported() {
+        let err = Config::parse("timezone = ", "t.toml").unwrap_err();
+        assert_eq!(err.problems[0].key, "(syntax)");
+        let err = Config::parse("sensors = 3", "t.toml").unwrap_err();
+        assert_eq!(err.problems[0].key, "(types)");
+    }
+}

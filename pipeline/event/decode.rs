@@ -1,0 +1,567 @@
+//! Bytes → [`Event`] or [`Rejection`]. Hot path: every message passes here once, so fields are
+//! borrowed from the input and only the registry lookup allocates nothing.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Event, EventKind, Reason, Rejection};
+use crate::config::{Limits, SensorRegistry};
+
+/// Longest accepted heartbeat `code`, in characters.
+pub const MAX_CODE_CHARS: usize = 64;
+
+/// The message as it arrives: every field raw, so each can be checked with a precise reason.
+/// Fields not listed here are ignored by serde — that is where unknown fields are dropped.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    sensor_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ts: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    direction: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    count: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    seq: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    code: Option<&'a RawValue>,
+}
+
+/// Decodes and validates messages against the registry and limits.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    registry: Arc<SensorRegistry>,
+    limits: Limits,
+}
+
+fn json_type(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// A present, non-null field.
+fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get() != "null")
+}
+
+fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Rejection> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(Rejection::new(
+            Reason::WrongType,
+            format!(
+                "`{field}` must be a string, got {} ({})",
+                json_type(raw),
+                clip(text)
+            ),
+        ));
+    }
+    let inner = &text[1..text.len() - 1];
+    if !inner.contains('\\') {
+        return Ok(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text)
+        .map(Cow::Owned)
+        .map_err(|e| Rejection::new(Reason::InvalidJson, format!("`{field}`: {e}")))
+}
+
+/// A non-negative JSON integer, as written (digits only).
+fn digits(raw: &RawValue) -> Option<&str> {
+    let t = raw.get();
+    (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then_some(t)
+}
+
+fn clip(text: &str) -> &str {
+    match text.char_indices().nth(40) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+impl Decoder {
+    pub fn new(registry: Arc<SensorRegistry>, limits: Limits) -> Self {
+        Decoder { registry, limits }
+    }
+
+    pub fn registry(&self) -> &SensorRegistry {
+        &self.registry
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Decodes one message. `now_ms` is the wall clock used for the future-timestamp rule.
+    pub fn decode(&self, bytes: &[u8], now_ms: i64) -> Result<Event, Rejection> {
+        if bytes.is_empty() {
+            return Err(Rejection::new(Reason::Empty, "empty message"));
+        }
+        if bytes.len() > self.limits.max_message_bytes {
+            return Err(Rejection::new(
+                Reason::TooLarge,
+                format!(
+                    "message is {} bytes; the limit is {} (validation.max_message_bytes)",
+                    bytes.len(),
+                    self.limits.max_message_bytes
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            Rejection::new(
+                Reason::InvalidUtf8,
+                format!("not UTF-8: invalid byte at offset {}", e.valid_up_to()),
+            )
+        })?;
+        if text.trim_start().as_bytes().first() != Some(&b'{') {
+            return Err(Rejection::new(
+                Reason::NotAnObject,
+                format!(
+                    "a message must be one JSON object, got `{}`",
+                    clip(text.trim())
+                ),
+            ));
+        }
+        let wire: Wire = serde_json::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let reason = if msg.starts_with("duplicate field") {
+                Reason::DuplicateField
+            } else {
+                Reason::InvalidJson
+            };
+            Rejection::new(reason, msg)
+        })?;
+
+        let sensor_raw = present(wire.sensor_id)
+            .ok_or_else(|| Rejection::new(Reason::MissingField, "`sensor_id` is missing"))?;
+        let sensor_id = string("sensor_id", sensor_raw)?;
+        let sensor = self.registry.lookup(&sensor_id).ok_or_else(|| {
+            Rejection::new(
+                Reason::UnknownSensor,
+                format!("sensor `{}` is not in the registry", clip(&sensor_id)),
+            )
+        })?;
+
+        let ts_raw = present(wire.ts)
+            .ok_or_else(|| Rejection::new(Reason::MissingField, "`ts` is missing"))?;
+        let ts_ms = self.timestamp(ts_raw, now_ms)?;
+
+        let seq = match present(wire.seq) {
+            None => None,
+            Some(raw) => Some(digits(raw).and_then(|d| d.parse::<u64>().ok()).ok_or_else(
+                || {
+                    Rejection::new(
+                        Reason::InvalidSeq,
+                        format!(
+                            "`seq` must be a non-negative integer, got {}",
+                            clip(raw.get())
+                        ),
+                    )
+                },
+            )?),
+        };
+
+        let kind = match present(wire.kind) {
+            None => Cow::Borrowed("count"),
+            Some(raw) => string("kind", raw)?,
+        };
+        let kind = match kind.as_ref() {
+            "count" => {
+                if present(wire.status).is_some() || present(wire.code).is_some() {
+                    return Err(Rejection::new(
+                        Reason::FieldNotAllowed,
+                        "a count event carries `status`/`code`; send those as kind \"heartbeat\"",
+                    ));
+                }
+                let dir_raw = present(wire.direction).ok_or_else(|| {
+                    Rejection::new(Reason::MissingField, "`direction` is missing")
+                })?;
+                let dir = string("direction", dir_raw)?;
+                let direction = self.registry.direction(sensor, &dir).ok_or_else(|| {
+                    Rejection::new(
+                        Reason::UnknownDirection,
+                        format!(
+                            "direction `{}` is not configured for sensor `{}` (configured: {})",
+                            clip(&dir),
+                            sensor_id,
+                            self.registry.get(sensor).directions.join(", ")
+                        ),
+                    )
+                })?;
+                let count = match present(wire.count) {
+                    None => 1,
+                    Some(raw) => self.count(raw)?,
+                };
+                EventKind::Count { direction, count }
+            }
+            "heartbeat" => {
+                if present(wire.count).is_some() || present(wire.direction).is_some() {
+                    return Err(Rejection::new(
+                        Reason::FieldNotAllowed,
+                        "a heartbeat carries `count`/`direction`; people counts must be sent as kind \"count\"",
+                    ));
+                }
+                let status_raw = present(wire.status)
+                    .ok_or_else(|| Rejection::new(Reason::MissingField, "`status` is missing"))?;
+                let ok = match string("status", status_raw)?.as_ref() {
+                    "ok" => true,
+                    "fault" => false,
+                    other => {
+                        return Err(Rejection::new(
+                            Reason::InvalidStatus,
+                            format!(
+                                "heartbeat status `{}` is neither \"ok\" nor \"fault\"",
+                                clip(other)
+                            ),
+                        ));
+                    }
+                };
+                let code = match present(wire.code) {
+                    None => None,
+                    Some(raw) => {
+                        let c = string("code", raw)?;
+                        if c.chars().count() > MAX_CODE_CHARS {
+                            return Err(Rejection::new(
+                                Reason::CodeTooLong,
+                                format!("`code` is longer than {MAX_CODE_CHARS} characters"),
+                            ));
+                        }
+                        Some(c.into_owned().into_boxed_str())
+                    }
+                };
+                EventKind::Heartbeat { ok, code }
+            }
+            other => {
+                return Err(Rejection::new(
+                    Reason::InvalidKind,
+                    format!(
+                        "kind `{}` is neither \"count\" nor \"heartbeat\"",
+                        clip(other)
+                    ),
+                ));
+            }
+        };
+        Ok(Event {
+            sensor,
+            ts_ms,
+            seq,
+            kind,
+        })
+    }
+
+    fn count(&self, raw: &RawValue) -> Result<u32, Rejection> {
+        let text = raw.get();
+        if text.starts_with('"') || json_type(raw) != "a number" {
+            return Err(Rejection::new(
+                Reason::WrongType,
+                format!(
+                    "`count` must be a number, got {} ({})",
+                    json_type(raw),
+                    clip(text)
+                ),
+            ));
+        }
+        let Some(d) = digits(raw) else {
+            return Err(Rejection::new(
+                Reason::InvalidCount,
+                format!("`count` must be a positive integer, got {}", clip(text)),
+            ));
+        };
+        let value = d.parse::<u64>().unwrap_or(u64::MAX);
+        if value == 0 {
+            return Err(Rejection::new(
+                Reason::InvalidCount,
+                "`count` must be at least 1, got 0",
+            ));
+        }
+        if value > self.limits.max_count {
+            return Err(Rejection::new(
+                Reason::CountTooLarge,
+                format!(
+                    "`count` {} is above the limit {} (validation.max_count)",
+                    clip(d),
+                    self.limits.max_count
+                ),
+            ));
+        }
+        Ok(value as u32)
+    }
+
+    fn timestamp(&self, raw: &RawValue, now_ms: i64) -> Result<i64, Rejection> {
+        let text = raw.get();
+        let ms = if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            parse_rfc3339_ms(inner)?
+        } else if let Some(d) = digits(raw) {
+            d.parse::<i64>().map_err(|_| {
+                Rejection::new(
+                    Reason::InvalidTimestamp,
+                    format!("`ts` {} is out of range", clip(d)),
+                )
+            })?
+        } else if json_type(raw) == "a number" {
+            return Err(Rejection::new(
+                Reason::InvalidTimestamp,
+                format!(
+                    "`ts` as a number must be whole epoch milliseconds, got {}",
+                    clip(text)
+                ),
+            ));
+        } else {
+            return Err(Rejection::new(
+                Reason::WrongType,
+                format!(
+                    "`ts` must be an RFC 3339 string or epoch milliseconds, got {}",
+                    json_type(raw)
+                ),
+            ));
+        };
+        if ms < self.limits.earliest_ms {
+            return Err(Rejection::new(
+                Reason::TimestampTooOld,
+                format!(
+                    "`ts` {} is before validation.earliest (epoch seconds sent as milliseconds?)",
+                    clip(text)
+                ),
+            ));
+        }
+        if ms > now_ms.saturating_add(self.limits.max_future_ms) {
+            return Err(Rejection::new(
+                Reason::FutureTimestamp,
+                format!(
+                    "`ts` {} is {} min ahead of the wall clock (limit validation.max_future)",
+                    clip(text),
+                    (ms - now_ms) / 60_000
+                ),
+            ));
+        }
+        Ok(ms)
+    }
+}
+
+/// Parses an RFC 3339 timestamp with offset into epoch milliseconds.
+pub fn parse_rfc3339_ms(text: &str) -> Result<i64, Rejection> {
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) => Ok(t.timestamp_millis()),
+        Err(e) => {
+            let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"));
+            if naive.is_ok() {
+                Err(Rejection::new(
+                    Reason::TimestampWithoutOffset,
+                    format!(
+                        "`ts` \"{}\" has no UTC offset; add one, e.g. \"{}+09:00\"",
+                        clip(text),
+                        clip(text)
+                    ),
+                ))
+            } else {
+                Err(Rejection::new(
+                    Reason::InvalidTimestamp,
+                    format!("`ts` \"{}\" is not RFC 3339 ({e})", clip(text)),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const NOW: i64 = 1_798_000_000_000; // 2026-12-23
+
+    fn decoder() -> Decoder {
+        let cfg = Config::chikaho("memory://");
+        Decoder::new(Arc::new(cfg.registry), cfg.limits)
+    }
+
+    fn reason(line: &str) -> Reason {
+        decoder().decode(line.as_bytes(), NOW).unwrap_err().reason
+    }
+
+    #[test]
+    fn decodes_the_design_examples() {
+        let d = decoder();
+        let e = d
+            .decode(
+                br#"{"sensor_id":"J1-1","ts":"2026-11-02T08:15:03.123+09:00","direction":"north","count":1,"seq":184467}"#,
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(e.sensor, 0);
+        assert_eq!(e.ts_ms, 1_793_574_903_123);
+        assert_eq!(e.seq, Some(184_467));
+        assert_eq!(
+            e.kind,
+            EventKind::Count {
+                direction: 0,
+                count: 1
+            }
+        );
+        let h = d
+            .decode(br#"{"sensor_id":"J1-1","ts":"2026-11-02T08:15:00+09:00","kind":"heartbeat","status":"ok"}"#, NOW)
+            .unwrap();
+        assert_eq!(
+            h.kind,
+            EventKind::Heartbeat {
+                ok: true,
+                code: None
+            }
+        );
+        // Epoch milliseconds, default count, escaped strings, unknown fields dropped.
+        let e = d
+            .decode(br#"{"sensor_id":"J2\u002d5","ts":1793574903123,"direction":"south","photo":"...","mac":"aa:bb"}"#, NOW)
+            .unwrap();
+        assert_eq!((e.sensor, e.ts_ms), (7, 1_793_574_903_123));
+        assert_eq!(
+            e.kind,
+            EventKind::Count {
+                direction: 1,
+                count: 1
+            }
+        );
+        let f = d
+            .decode(br#"{"sensor_id":"J1-2","ts":"2026-11-02T08:15:00Z","kind":"heartbeat","status":"fault","code":"E42"}"#, NOW)
+            .unwrap();
+        assert_eq!(
+            f.kind,
+            EventKind::Heartbeat {
+                ok: false,
+                code: Some("E42".into())
+            }
+        );
+    }
+
+    #[test]
+    fn every_rule_has_its_reason() {
+        let ok = r#""sensor_id":"J1-1","ts":"2026-11-02T08:15:03+09:00""#;
+        let cases: Vec<(String, Reason)> = vec![
+            ("".into(), Reason::Empty),
+            (
+                format!(
+                    r#"{{{ok},"direction":"north","pad":"{}"}}"#,
+                    "x".repeat(5000)
+                ),
+                Reason::TooLarge,
+            ),
+            ("{\"sensor_id\":\"J1-\u{1}".into(), Reason::InvalidJson),
+            ("[1,2]".into(), Reason::NotAnObject),
+            (
+                format!(r#"{{{ok},"direction":"north","direction":"south"}}"#),
+                Reason::DuplicateField,
+            ),
+            (
+                r#"{"ts":"2026-11-02T08:15:03+09:00","direction":"north"}"#.into(),
+                Reason::MissingField,
+            ),
+            (format!(r#"{{{ok}}}"#), Reason::MissingField),
+            (
+                r#"{"sensor_id":5,"ts":"2026-11-02T08:15:03+09:00","direction":"north"}"#.into(),
+                Reason::WrongType,
+            ),
+            (
+                r#"{"sensor_id":"X9","ts":"2026-11-02T08:15:03+09:00","direction":"north"}"#.into(),
+                Reason::UnknownSensor,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"east"}}"#),
+                Reason::UnknownDirection,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"north","kind":"photo"}}"#),
+                Reason::InvalidKind,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"north","count":0}}"#),
+                Reason::InvalidCount,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"north","count":-3}}"#),
+                Reason::InvalidCount,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"north","count":1.5}}"#),
+                Reason::InvalidCount,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"north","count":"2"}}"#),
+                Reason::WrongType,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"north","count":5000}}"#),
+                Reason::CountTooLarge,
+            ),
+            (
+                r#"{"sensor_id":"J1-1","ts":"yesterday","direction":"north"}"#.into(),
+                Reason::InvalidTimestamp,
+            ),
+            (
+                r#"{"sensor_id":"J1-1","ts":"2026-11-02T08:15:03","direction":"north"}"#.into(),
+                Reason::TimestampWithoutOffset,
+            ),
+            (
+                r#"{"sensor_id":"J1-1","ts":1762038903,"direction":"north"}"#.into(),
+                Reason::TimestampTooOld,
+            ),
+            (
+                r#"{"sensor_id":"J1-1","ts":"2100-01-01T00:00:00Z","direction":"north"}"#.into(),
+                Reason::FutureTimestamp,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"north","seq":-1}}"#),
+                Reason::InvalidSeq,
+            ),
+            (
+                format!(r#"{{{ok},"kind":"heartbeat","status":"sleepy"}}"#),
+                Reason::InvalidStatus,
+            ),
+            (
+                format!(
+                    r#"{{{ok},"kind":"heartbeat","status":"fault","code":"{}"}}"#,
+                    "c".repeat(65)
+                ),
+                Reason::CodeTooLong,
+            ),
+            (
+                format!(r#"{{{ok},"kind":"heartbeat","status":"ok","count":3}}"#),
+                Reason::FieldNotAllowed,
+            ),
+            (
+                format!(r#"{{{ok},"direction":"north","status":"ok"}}"#),
+                Reason::FieldNotAllowed,
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(reason(&line), want, "for {}", clip(&line));
+        }
+        assert_eq!(
+            decoder()
+                .decode(b"{\"sensor_id\":\"J1-1\xff\"}", NOW)
+                .unwrap_err()
+                .reason,
+            Reason::InvalidUtf8
+        );
+    }
+
+    #[test]
+    fn reason_codes_are_unique() {
+        let mut codes: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+    }
+}

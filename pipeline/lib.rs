@@ -1,0 +1,27 @@
+//! jinryu (人流, "people flow"): pedestrian-counter events → exact 15-minute aggregates in Parquet
+//! → the monthly CSV deliverable.
+//!
+//! The modules follow an event's path:
+//!
+//! ```text
+//! source/   JSON lines (file, stdin, simulator) cut into chunks, decoded in parallel, in order
+//! event/    decode + validate against schemas/sensor-event.schema.json → Event | Rejection
+//! quarantine.rs   rejected messages with reason, position and payload head
+//! window/   dedup of retries, event-time tumbling windows, watermark, late rows, liveness
+//! sink/     rows → Arrow → Parquet objects on object storage, named by what was consumed
+//! jobs/     DataFusion SQL over the stored tables (sql/*.sql): flow_15min, the monthly CSV
+//! ingest.rs one run of the pipeline with its accounting; demo.rs and simulate/ the embedded default
+//! ```
+//!
+//! `config.rs` is read once at start and hands each stage its typed settings.
+
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod ingest;
+pub mod jobs;
+pub mod quarantine;
+pub mod simulate;
+pub mod sink;
+pub mod source;
+pub mod window;

@@ -1,0 +1,7 @@
+//! Stage 3 — the sink: aggregate rows and quarantine records become Parquet objects on object
+//! storage ([`store`]), in the layout of `schemas/` ([`tables`]), written so that a replay replaces
+//! rather than duplicates ([`writer`]). The sink knows rows, not windows or Kafka.
+
+pub mod store;
+pub mod tables;
+pub mod writer;

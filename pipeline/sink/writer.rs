@@ -1,0 +1,252 @@
+//! Writes one input's output in *epochs*, so that replaying the same input replaces its objects
+//! instead of adding to them.
+//!
+//! An epoch is everything emitted between two positions of the input. Its objects are named by the
+//! source and the epoch's first position — `aggregates/date=D/part-<source>-<first:012>.parquet` —
+//! so they depend only on what was consumed. Each `put` is atomic: an object is complete or absent.
+//!
+//! `_sources/<source>.json` (the manifest) lists every object the source may have written. It is
+//! updated *before* an epoch's objects are written (intent), and at the end of the run it lists
+//! exactly the objects of this run; objects of earlier runs that this run did not rewrite are then
+//! deleted. A crash at any point therefore leaves nothing that a re-run will not replace or remove.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::store::Storage;
+use super::tables;
+use crate::config::SensorRegistry;
+use crate::quarantine::QuarantineRecord;
+use crate::window::AggRow;
+use crate::window::time::{WindowSpec, partition_value};
+
+/// A storage failure, with the object it concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot write {path} to {storage}: {source}")]
+    Put {
+        path: String,
+        storage: String,
+        source: object_store::Error,
+    },
+    #[error("cannot read {path} from {storage}: {source}")]
+    Get {
+        path: String,
+        storage: String,
+        source: object_store::Error,
+    },
+    #[error(
+        "manifest {path} is damaged ({source}); delete it and the source's objects, then re-run"
+    )]
+    Manifest {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("cannot encode Parquet for {path}: {source}")]
+    Encode {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+}
+
+/// What `_sources/<source>.json` holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub source: String,
+    /// `writing` while a run is in progress (or crashed), `complete` after it finished.
+    pub status: String,
+    pub objects: BTreeSet<String>,
+    /// The run's report (counts), once complete.
+    #[serde(default)]
+    pub report: serde_json::Value,
+}
+
+/// Object names of one epoch.
+#[derive(Debug, Default, Clone)]
+pub struct EpochWritten {
+    pub objects: Vec<String>,
+    pub agg_rows: usize,
+    pub quarantined: usize,
+}
+
+/// Writes the epochs of one source.
+pub struct SourceWriter {
+    storage: Storage,
+    registry: Arc<SensorRegistry>,
+    spec: WindowSpec,
+    source: String,
+    received_date: String,
+    /// Objects named by earlier manifests: deleted at the end unless rewritten.
+    stale: BTreeSet<String>,
+    written: BTreeSet<String>,
+}
+
+fn manifest_path(source: &str) -> Path {
+    Path::from(format!("_sources/{source}.json"))
+}
+
+impl SourceWriter {
+    /// Starts writing for `source`, reading what an earlier run of the same source left.
+    pub async fn start(
+        storage: Storage,
+        registry: Arc<SensorRegistry>,
+        spec: WindowSpec,
+        source: &str,
+        received_at_ms: i64,
+    ) -> Result<SourceWriter, SinkError> {
+        let path = manifest_path(source);
+        let stale = match storage.store().get(&path).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(|e| SinkError::Get {
+                    path: path.to_string(),
+                    storage: storage.url.clone(),
+                    source: e,
+                })?;
+                let m: Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| SinkError::Manifest {
+                        path: path.to_string(),
+                        source: e,
+                    })?;
+                m.objects
+            }
+            Err(object_store::Error::NotFound { .. }) => BTreeSet::new(),
+            Err(e) => {
+                return Err(SinkError::Get {
+                    path: path.to_string(),
+                    storage: storage.url.clone(),
+                    source: e,
+                });
+            }
+        };
+        let received_date = partition_value(spec.local_date(received_at_ms));
+        Ok(SourceWriter {
+            storage,
+            registry,
+            spec,
+            source: source.to_string(),
+            received_date,
+            stale,
+            written: BTreeSet::new(),
+        })
+    }
+
+    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
+        self.storage
+            .store()
+            .put(&Path::from(path), PutPayload::from(bytes))
+            .await
+            .map_err(|e| SinkError::Put {
+                path: path.to_string(),
+                storage: self.storage.url.clone(),
+                source: e,
+            })?;
+        Ok(())
+    }
+
+    async fn put_manifest(
+        &self,
+        status: &str,
+        objects: BTreeSet<String>,
+        report: serde_json::Value,
+    ) -> Result<(), SinkError> {
+        let m = Manifest {
+            source: self.source.clone(),
+            status: status.to_string(),
+            objects,
+            report,
+        };
+        let bytes = serde_json::to_vec_pretty(&m).expect("manifest serialises");
+        self.put(manifest_path(&self.source).as_ref(), bytes).await
+    }
+
+    /// Writes one epoch starting at input position `first`: aggregate rows split by local date,
+    /// quarantine records under the date they were received. Empties both buffers.
+    pub async fn write_epoch(
+        &mut self,
+        first: u64,
+        rows: &mut Vec<AggRow>,
+        quarantine: &mut Vec<QuarantineRecord>,
+    ) -> Result<EpochWritten, SinkError> {
+        let mut by_date: BTreeMap<String, Vec<AggRow>> = BTreeMap::new();
+        let mut dates: HashMap<i64, String> = HashMap::new();
+        for r in rows.drain(..) {
+            let d = dates
+                .entry(r.window_start)
+                .or_insert_with(|| partition_value(self.spec.local_date(r.window_start)));
+            by_date.entry(d.clone()).or_default().push(r);
+        }
+        let name = format!("part-{}-{first:012}.parquet", self.source);
+        let mut planned = Vec::new();
+        for d in by_date.keys() {
+            planned.push(format!("aggregates/date={d}/{name}"));
+        }
+        if !quarantine.is_empty() {
+            planned.push(format!("quarantine/date={}/{name}", self.received_date));
+        }
+        let mut out = EpochWritten::default();
+        if planned.is_empty() {
+            return Ok(out);
+        }
+        // Intent first: the manifest names every object before it exists.
+        let mut intent = self.stale.clone();
+        intent.extend(self.written.iter().cloned());
+        intent.extend(planned.iter().cloned());
+        self.put_manifest("writing", intent, serde_json::Value::Null)
+            .await?;
+
+        for (path, (_, mut day)) in planned.iter().zip(by_date) {
+            day.sort_by_key(|r| (r.window_start, r.sensor, r.direction, r.late));
+            out.agg_rows += day.len();
+            let batch = tables::aggregates_batch(&day, &self.registry);
+            let bytes = tables::to_parquet(&batch).map_err(|e| SinkError::Encode {
+                path: path.clone(),
+                source: e,
+            })?;
+            self.put(path, bytes).await?;
+        }
+        if !quarantine.is_empty() {
+            let path = planned.last().expect("quarantine path planned");
+            out.quarantined = quarantine.len();
+            let batch = tables::quarantine_batch(quarantine);
+            let bytes = tables::to_parquet(&batch).map_err(|e| SinkError::Encode {
+                path: path.clone(),
+                source: e,
+            })?;
+            self.put(path, bytes).await?;
+            quarantine.clear();
+        }
+        self.written.extend(planned.iter().cloned());
+        out.objects = planned;
+        Ok(out)
+    }
+
+    /// Ends the run: the manifest lists exactly this run's objects, and objects of earlier runs
+    /// that were not rewritten are deleted. Returns (objects written, stale objects removed).
+    pub async fn finish(self, report: serde_json::Value) -> Result<(usize, usize), SinkError> {
+        self.put_manifest("complete", self.written.clone(), report)
+            .await?;
+        let mut removed = 0;
+        for stale in self.stale.difference(&self.written) {
+            match self
+                .storage
+                .store()
+                .delete(&Path::from(stale.as_str()))
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                Err(e) => {
+                    return Err(SinkError::Put {
+                        path: stale.clone(),
+                        storage: self.storage.url.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok((self.written.len(), removed))
+    }
+}
