@@ -45,7 +45,11 @@ pub fn write_events<W: Write>(
         } else {
             use std::fmt::Write as _;
             seq[s] += 1;
-            let dir = if (k / n) % 2 == 0 { "north" } else { "south" };
+            let dir = if (k / n).is_multiple_of(2) {
+                "north"
+            } else {
+                "south"
+            };
             let _ = write!(
                 line,
                 r#"{{"sensor_id":"{id}","ts":"{t}","direction":"{dir}","count":1,"seq":{}}}"#,

@@ -72,11 +72,9 @@ fn run_job(decoder: &Decoder, job: Job) -> DecodedChunk {
     match job {
         Job::Lines { first_line, data } => {
             let mut items = Vec::with_capacity(data.len() / 96 + 1);
-            let mut line_no = first_line;
             let body = data.strip_suffix(b"\n").unwrap_or(&data);
-            for line in body.split(|b| *b == b'\n') {
+            for (line_no, line) in (first_line..).zip(body.split(|b| *b == b'\n')) {
                 items.push((line_no, decode_line(decoder, line, now_ms)));
-                line_no += 1;
             }
             DecodedChunk {
                 items,
@@ -132,15 +130,11 @@ pub fn spawn(
     let (count_tx, count_rx) = std_mpsc::sync_channel::<Option<std::io::Error>>(1);
     let collector_tx = out_tx.clone();
     thread::spawn(move || {
+        // A worker whose channel closes has finished: all jobs are done.
         let mut i = 0usize;
-        loop {
-            match res_rxs[i % res_rxs.len()].recv() {
-                Ok(chunk) => {
-                    if collector_tx.blocking_send(Ok(chunk)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => break, // that worker finished: all jobs are done
+        while let Ok(chunk) = res_rxs[i % res_rxs.len()].recv() {
+            if collector_tx.blocking_send(Ok(chunk)).is_err() {
+                return;
             }
             i += 1;
         }

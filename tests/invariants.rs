@@ -1,0 +1,310 @@
+//! The correctness invariants of the window stage and a whole run, on generated streams:
+//! every valid event counted exactly once whatever the arrival order, retries counted once,
+//! late data counted, zero never confused with missing, every input line accounted for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use jinryu::config::Config;
+use jinryu::event::{Event, EventKind};
+use jinryu::ingest::{IngestOptions, ingest};
+use jinryu::jobs;
+use jinryu::sink::store::Storage;
+use jinryu::window::{AggRow, WindowStage};
+use proptest::prelude::*;
+
+const T0: i64 = 1_793_574_000_000; // 2026-11-02T08:00:00+09:00
+const SIZE: i64 = 900_000;
+const LATENESS: i64 = 600_000;
+
+fn cfg() -> Config {
+    Config::chikaho("memory://")
+}
+
+/// A generated event: sensor 0..4, time within three hours, count / ok / fault, unique seq.
+fn event() -> impl Strategy<Value = Event> {
+    (0u32..4, 0i64..3 * 3_600_000, 0u8..10, 1u32..5, 0u8..2).prop_map(
+        |(sensor, dt, kind, count, dir)| Event {
+            sensor,
+            ts_ms: T0 + dt,
+            seq: None,
+            kind: match kind {
+                0 => EventKind::Heartbeat {
+                    ok: true,
+                    code: None,
+                },
+                1 => EventKind::Heartbeat {
+                    ok: false,
+                    code: Some("E1".into()),
+                },
+                _ => EventKind::Count {
+                    direction: dir,
+                    count,
+                },
+            },
+        },
+    )
+}
+
+fn stream() -> impl Strategy<Value = Vec<Event>> {
+    proptest::collection::vec(event(), 1..300).prop_map(|mut v| {
+        for (i, e) in v.iter_mut().enumerate() {
+            e.seq = Some(i as u64);
+        }
+        v
+    })
+}
+
+/// Runs events through a window stage, flushing like a run does.
+fn run(events: &[Event]) -> (Vec<AggRow>, jinryu::window::WindowStats) {
+    let c = cfg();
+    let mut stage = WindowStage::new(c.window, Arc::new(c.registry));
+    let mut rows = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        stage.push(e);
+        stage.emit_final(&mut rows);
+        if i % 17 == 0 {
+            stage.emit_late(&mut rows);
+        }
+    }
+    stage.flush_all(&mut rows);
+    (rows, stage.stats())
+}
+
+type Key = (u32, u8, i64);
+
+/// What the table says once rows are summed per key: (people, live).
+fn fold(rows: &[AggRow]) -> BTreeMap<Key, (u64, bool)> {
+    let mut m: BTreeMap<Key, (u64, bool)> = BTreeMap::new();
+    for r in rows {
+        let e = m
+            .entry((r.sensor, r.direction, r.window_start))
+            .or_default();
+        e.0 += r.count;
+        e.1 |= r.up;
+    }
+    m
+}
+
+/// The truth, straight from the events: people per key, and the live (sensor, window) pairs.
+fn model(events: &[Event]) -> (BTreeMap<Key, u64>, BTreeSet<(u32, i64)>) {
+    let spec = cfg().window;
+    let mut people = BTreeMap::new();
+    let mut live = BTreeSet::new();
+    for e in events {
+        let ws = spec.window_start(e.ts_ms);
+        match e.kind {
+            EventKind::Count { direction, count } => {
+                *people.entry((e.sensor, direction, ws)).or_default() += u64::from(count);
+                live.insert((e.sensor, ws));
+            }
+            EventKind::Heartbeat { ok: true, .. } => {
+                live.insert((e.sensor, ws));
+            }
+            EventKind::Heartbeat { ok: false, .. } => {}
+        }
+    }
+    (people, live)
+}
+
+fn check_against_model(events: &[Event], rows: &[AggRow]) -> Result<(), TestCaseError> {
+    let (people, live) = model(events);
+    let table = fold(rows);
+    for (&(s, d, ws), &(count, up)) in &table {
+        // Zero vs missing: a live window has every direction, with the exact count (0 included).
+        prop_assert_eq!(up, live.contains(&(s, ws)), "liveness of {:?}", (s, ws));
+        prop_assert_eq!(count, people.get(&(s, d, ws)).copied().unwrap_or(0));
+    }
+    for &(s, ws) in &live {
+        for d in 0..2u8 {
+            prop_assert!(
+                table.get(&(s, d, ws)).is_some_and(|v| v.1),
+                "live window {:?} lost",
+                (s, d, ws)
+            );
+        }
+    }
+    for (k, v) in &people {
+        prop_assert_eq!(table.get(k).map(|t| t.0), Some(*v));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Any arrival order — late data included — gives the same table as the model.
+    #[test]
+    fn any_order_same_totals(events in stream(), seed in any::<u64>()) {
+        let (rows, stats) = run(&events);
+        check_against_model(&events, &rows)?;
+        prop_assert_eq!(stats.counted, events.len() as u64);
+        let mut shuffled = events.clone();
+        let mut rng = rand_like(seed);
+        for i in (1..shuffled.len()).rev() {
+            let j = (rng() % (i as u64 + 1)) as usize;
+            shuffled.swap(i, j);
+        }
+        let (rows2, _) = run(&shuffled);
+        prop_assert_eq!(fold(&rows), fold(&rows2));
+    }
+
+    /// Disorder within the allowed lateness: no late rows at all, and exactly the rows of the
+    /// time-ordered stream.
+    #[test]
+    fn disorder_within_lateness_changes_nothing(events in stream(), jitter in proptest::collection::vec(0i64..LATENESS, 300)) {
+        let mut sorted = events.clone();
+        sorted.sort_by_key(|e| e.ts_ms);
+        let mut disordered: Vec<(i64, Event)> = events.iter().cloned().enumerate().map(|(i, e)| (e.ts_ms + jitter[i % jitter.len()], e)).collect();
+        disordered.sort_by_key(|(k, _)| *k);
+        let disordered: Vec<Event> = disordered.into_iter().map(|(_, e)| e).collect();
+        let (mut a, sa) = run(&sorted);
+        let (mut b, sb) = run(&disordered);
+        prop_assert_eq!(sa.late, 0);
+        prop_assert_eq!(sb.late, 0);
+        prop_assert!(b.iter().all(|r| !r.late));
+        let key = |r: &AggRow| (r.window_start, r.sensor, r.direction);
+        a.sort_by_key(key);
+        b.sort_by_key(key);
+        prop_assert_eq!(a, b);
+    }
+
+    /// Retries (same sensor, seq and time), wherever they arrive, count once.
+    #[test]
+    fn retries_count_once(events in stream(), picks in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..50)) {
+        let mut with_retries = events.clone();
+        for (what, at) in &picks {
+            let e = events[what.index(events.len())].clone();
+            let pos = at.index(with_retries.len() + 1);
+            with_retries.insert(pos, e);
+        }
+        let (rows, stats) = run(&with_retries);
+        check_against_model(&events, &rows)?;
+        prop_assert_eq!(stats.duplicates, picks.len() as u64);
+        prop_assert_eq!(stats.counted, events.len() as u64);
+    }
+}
+
+/// A tiny deterministic generator for shuffles inside a proptest case.
+fn rand_like(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+#[test]
+fn late_events_are_counted_in_late_rows() {
+    let ev = |dt: i64, count| Event {
+        sensor: 0,
+        ts_ms: T0 + dt,
+        seq: None,
+        kind: EventKind::Count {
+            direction: 0,
+            count,
+        },
+    };
+    // 08:00 window; time moves to 08:40 (final at 08:25); then a straggler for 08:05.
+    let events = vec![ev(60_000, 2), ev(40 * 60_000, 1), ev(5 * 60_000, 3)];
+    let (rows, stats) = run(&events);
+    assert_eq!(stats.late, 1);
+    let first: Vec<_> = rows
+        .iter()
+        .filter(|r| r.window_start == T0 && r.direction == 0)
+        .collect();
+    assert_eq!(first.len(), 2);
+    assert_eq!((first[0].count, first[0].late), (2, false));
+    assert_eq!((first[1].count, first[1].late), (3, true));
+    assert_eq!(fold(&rows)[&(0, 0, T0)], (5, true));
+    const { assert!(SIZE + LATENESS < 40 * 60_000) };
+}
+
+/// A whole run: every line is blank, quarantined with its line number, or accepted; the quarantine
+/// table holds exactly the rejected lines.
+#[tokio::test]
+async fn every_line_is_accounted_for() {
+    let cfg = cfg();
+    let storage = Storage::open("memory://").unwrap();
+    let mut input = String::new();
+    let mut bad_lines = Vec::new();
+    let mut blank = 0;
+    let mut good = 0;
+    for i in 0..5000u64 {
+        let line_no = i + 1;
+        match i % 11 {
+            3 => {
+                input.push_str("{\"sensor_id\":\"J1-1\",\"ts\":\"2026-11-02T08:00:00\",\"direction\":\"north\"}\n");
+                bad_lines.push(line_no);
+            }
+            5 => {
+                input.push_str("not json at all\n");
+                bad_lines.push(line_no);
+            }
+            7 => {
+                input.push_str("   \n");
+                blank += 1;
+            }
+            _ => {
+                let ts = T0 + i as i64 * 1000;
+                input.push_str(&format!(
+                    "{{\"sensor_id\":\"J2-{}\",\"ts\":{ts},\"direction\":\"south\",\"count\":2,\"seq\":{i}}}\n",
+                    1 + i % 5
+                ));
+                good += 1;
+            }
+        }
+    }
+    let report = ingest(
+        &cfg,
+        &storage,
+        Box::new(std::io::Cursor::new(input.into_bytes())),
+        &IngestOptions::new("acct"),
+    )
+    .await
+    .unwrap();
+    assert!(report.balanced());
+    assert_eq!(report.lines, 5000);
+    assert_eq!(report.blank, blank);
+    assert_eq!(report.accepted, good);
+    assert_eq!(report.people, 2 * good);
+    assert_eq!(report.quarantined, bad_lines.len() as u64);
+    assert_eq!(
+        report.quarantine_reasons["timestamp_without_offset"]
+            + report.quarantine_reasons["not_an_object"],
+        report.quarantined
+    );
+
+    let ctx = jobs::context(&cfg, &storage).await.unwrap();
+    let batches = jobs::query(&ctx, "SELECT position FROM quarantine ORDER BY position")
+        .await
+        .unwrap();
+    let positions: Vec<u64> = batches
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>()
+                .unwrap()
+                .clone();
+            a.values().to_vec()
+        })
+        .collect();
+    assert_eq!(positions, bad_lines);
+    let batches = jobs::query(
+        &ctx,
+        "SELECT CAST(SUM(\"count\") AS BIGINT) FROM flow_15min",
+    )
+    .await
+    .unwrap();
+    let total = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(total as u64, 2 * good);
+}
