@@ -308,3 +308,77 @@ async fn every_line_is_accounted_for() {
         .value(0);
     assert_eq!(total as u64, 2 * good);
 }
+
+/// The code does not assume Asia/Tokyo: in Dublin the day summer time ends has 100 windows, all
+/// present in the monthly rows with the repeated 01:xx hour, and partitions follow local dates.
+#[tokio::test]
+async fn dst_zone_day_boundaries() {
+    let cfg = Config::parse(
+        "timezone = \"Europe/Dublin\"\n[storage]\nurl = \"memory://\"\n[validation]\nearliest = \"2020-01-01T00:00:00Z\"\n\
+         [[sensors]]\nid = \"D1\"\narray = \"A\"\ndirections = [\"in\", \"out\"]\n",
+        "dublin",
+    )
+    .unwrap();
+    let storage = Storage::open("memory://").unwrap();
+    // 2025-10-26 00:00 IST (+01:00) is 2025-10-25T23:00Z; the local day lasts 25 hours.
+    let start = 1_761_433_200_000i64;
+    let mut input = String::new();
+    for minute in 0..25 * 60 {
+        let ts = start + minute * 60_000;
+        input.push_str(&format!(
+            "{{\"sensor_id\":\"D1\",\"ts\":{ts},\"kind\":\"heartbeat\",\"status\":\"ok\"}}\n"
+        ));
+    }
+    ingest(
+        &cfg,
+        &storage,
+        Box::new(std::io::Cursor::new(input.into_bytes())),
+        &IngestOptions::new("dst"),
+    )
+    .await
+    .unwrap();
+    let ctx = jobs::context(&cfg, &storage).await.unwrap();
+    let rows = jobs::monthly::month_rows(&ctx, &cfg, 2025, 10)
+        .await
+        .unwrap();
+    let mut day = Vec::new();
+    for b in &rows {
+        let date = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let time = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let status = b
+            .column(6)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            if date.value(i) == "2025-10-26" {
+                day.push((time.value(i).to_string(), status.value(i).to_string()));
+            }
+        }
+    }
+    assert_eq!(day.len(), 100 * 2);
+    assert!(
+        day.iter().all(|(_, s)| s == "ok"),
+        "every window of the long day is live"
+    );
+    assert_eq!(
+        day.iter().filter(|(t, _)| t == "01:15").count(),
+        4,
+        "01:15 happens twice, two directions"
+    );
+    let total: usize = rows.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(total, (31 * 96 + 4) * 2);
+    let parts = jobs::query(&ctx, "SELECT DISTINCT date FROM aggregates")
+        .await
+        .unwrap();
+    let n: usize = parts.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n, 1, "all rows of the local day sit in date=2025-10-26");
+}

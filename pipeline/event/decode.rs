@@ -558,6 +558,23 @@ mod tests {
     }
 
     #[test]
+    fn schema_lists_every_reason_and_accepts_the_examples() {
+        let text = include_str!("../../schemas/sensor-event.schema.json");
+        let schema: serde_json::Value = serde_json::from_str(text).unwrap();
+        let listed: Vec<&str> = schema["x-reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(listed, codes);
+        for ex in schema["examples"].as_array().unwrap() {
+            decoder().decode(ex.to_string().as_bytes(), NOW).unwrap();
+        }
+    }
+
+    #[test]
     fn reason_codes_are_unique() {
         let mut codes: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
         codes.sort();
