@@ -15,6 +15,7 @@
 //!
 //! `config.rs` is read once at start and hands each stage its typed settings.
 
+pub mod calendar;
 pub mod config;
 pub mod demo;
 pub mod event;
