@@ -157,7 +157,9 @@ pub async fn run(opts: SimOptions, out_dir: &Path) -> anyhow::Result<DemoOutput>
     let truth = truth.lock().expect("truth").clone();
     let ctx = jobs::context(&cfg, &storage).await?;
     let verification = verify(&ctx, &cfg, &truth).await?;
-    let monthly = jobs::monthly::write_monthly(&ctx, &cfg, opts.year, opts.month, &out_dir).await?;
+    let format = jobs::format::Format::long();
+    let monthly =
+        jobs::monthly::write_monthly(&ctx, &cfg, opts.year, opts.month, &format, &out_dir).await?;
     Ok(DemoOutput {
         report,
         truth,

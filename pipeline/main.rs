@@ -23,7 +23,8 @@ const AFTER_HELP: &str = "\
 Start here:
   jinryu demo                      simulate a month of the Sapporo Chi-Ka-Ho walkway end to end
   jinryu ingest --config jinryu.toml --input events.jsonl
-  jinryu monthly --config jinryu.toml --month 2026-11
+  jinryu monthly --config jinryu.toml --month 2026-11 [--format formats/sapporo-wide.toml]
+  jinryu calendar --month 2026-11  business days and deadlines
   jinryu sql --config jinryu.toml \"SELECT * FROM flow_15min LIMIT 10\"
 
 Configuration: docker/jinryu.toml is a complete, commented example. Logs go to stderr; set
@@ -103,21 +104,41 @@ enum Command {
         #[arg(long, default_value_t = 70_000.0)]
         walkers: f64,
     },
-    /// Build the month's deliverable YYYY_MM.csv and YYYY_MM.csv.sha256.
+    /// Build the month's deliverable (YYYY_MM.csv), its .sha256 and a quality summary (.quality.md),
+    /// and print the due date (5th Japanese business day of the next month).
     ///
-    /// Default long layout: date,time,sensor_id,array,direction,count,status with one row for every
-    /// sensor x direction x 15-minute window of the month (local date and time of the window start).
-    /// status is ok (count is a measurement, 0 included), missing (no sign of life: count empty,
-    /// never 0) or closed (inside the facility's closed hours). UTF-8, CRLF line endings.
+    /// The format file (formats/*.toml) sets layout, columns, headers, encoding, line endings and how
+    /// missing, closed and estimated values are written. Default (formats/long.toml):
+    /// date,time,sensor_id,array,direction,count,status with one row for every sensor x direction x
+    /// 15-minute window of the month (local date and time of the window start); status is ok (count
+    /// is a measurement, 0 included), missing (no sign of life: count empty, never 0) or closed
+    /// (inside the facility's closed hours); UTF-8, CRLF. formats/sapporo-wide.toml is the wide
+    /// Sapporo layout in Shift_JIS, with missing sensors estimated from their usual share of the
+    /// array and flagged 補正 = 1 (estimation is off unless the format says `estimate = true`).
     Monthly {
         #[command(flatten)]
         config: ConfigArg,
         /// Month, YYYY-MM
         #[arg(long, value_parser = month_arg)]
         month: (i32, u32),
+        /// Format file [default: formats/long.toml, built in]
+        #[arg(long)]
+        format: Option<PathBuf>,
         /// Directory to write the files to
         #[arg(long, default_value = ".")]
         out: PathBuf,
+    },
+    /// Show a month's Japanese business days and the contract's deadlines.
+    ///
+    /// Business days exclude Saturdays, Sundays, national holidays (振替休日 and 国民の休日
+    /// included; the Cabinet Office list up to 2027, the holiday act's rules after that, marked
+    /// provisional) and 12/29-1/3. Deadlines: the month's CSV by the 5th business day of the next
+    /// month; the monthly report by the 10th of the next month (previous business day when closed;
+    /// March's on March 31); a fault report by the next business day.
+    Calendar {
+        /// Month, YYYY-MM
+        #[arg(long, value_parser = month_arg)]
+        month: (i32, u32),
     },
     /// Run SQL over the stored tables and print the result.
     ///
@@ -377,24 +398,77 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Monthly {
             config,
             month: (year, month),
+            format,
             out,
         } => {
             let cfg = config.load()?;
+            let format = match format {
+                Some(p) => jobs::format::Format::load(&p).map_err(anyhow::Error::msg)?,
+                None => jobs::format::Format::long(),
+            };
             let storage = Storage::open(&cfg.storage_url)?;
             let ctx = jobs::context(&cfg, &storage).await?;
-            let m = jobs::monthly::write_monthly(&ctx, &cfg, year, month, &out).await?;
-            println!("== jinryu monthly {year:04}-{month:02} ==");
+            let m = jobs::monthly::write_monthly(&ctx, &cfg, year, month, &format, &out).await?;
+            println!(
+                "== jinryu monthly {year:04}-{month:02} (format {}) ==",
+                format.name
+            );
             println!("file         {}", m.csv.display());
             println!("checksum     {}  ({})", m.sha256, m.sha256_file.display());
+            println!("summary      {}", m.summary_file.display());
             println!(
-                "rows         {} ({} ok, {} missing, {} closed); {} people",
-                m.rows, m.ok, m.missing, m.closed, m.people
+                "cells        {} ({} ok, {} estimated, {} missing, {} closed); {} people measured",
+                m.rows, m.ok, m.estimated, m.missing, m.closed, m.people
+            );
+            println!(
+                "due          {} (5th business day of the next month){}",
+                m.due.format("%Y-%m-%d (%a)"),
+                if m.due_provisional {
+                    " (provisional: beyond the Cabinet Office holiday list)"
+                } else {
+                    ""
+                }
             );
             if m.ok == 0 {
                 eprintln!(
                     "warning: no live data for {year:04}-{month:02} in {}: every open window is 'missing'. \
                      Was the month ingested into this storage?",
                     storage.describe("aggregates")
+                );
+            }
+            Ok(())
+        }
+        Command::Calendar {
+            month: (year, month),
+        } => {
+            use jinryu::calendar;
+            let (from, next) = jinryu::window::time::month_bounds(year, month);
+            println!("== {year:04}-{month:02}: Japanese business days ==");
+            let mut d = from;
+            let mut n = 0;
+            while d < next {
+                match calendar::closed_reason(d) {
+                    None => {
+                        n += 1;
+                        println!("{}  business day {n}", d.format("%Y-%m-%d %a"));
+                    }
+                    Some(why) => println!("{}  closed: {why}", d.format("%Y-%m-%d %a")),
+                }
+                d = d.succ_opt().expect("next day");
+            }
+            println!("{n} business days");
+            println!("deadlines for the month {year:04}-{month:02}:");
+            println!(
+                "  monthly CSV     {}",
+                calendar::deliverable_due(year, month).format("%Y-%m-%d %a")
+            );
+            println!(
+                "  monthly report  {}",
+                calendar::monthly_report_due(year, month).format("%Y-%m-%d %a")
+            );
+            if calendar::is_provisional(year) || calendar::is_provisional(year + 1) {
+                println!(
+                    "(provisional: holidays after the Cabinet Office list follow the holiday act's rules)"
                 );
             }
             Ok(())

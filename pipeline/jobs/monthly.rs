@@ -1,16 +1,20 @@
-//! `jinryu monthly`: the month's deliverable `YYYY_MM.csv` (default long layout) and its
-//! `YYYY_MM.csv.sha256`, built by `sql/monthly_long.sql`.
+//! `jinryu monthly`: the month's deliverable in a client format (default `formats/long.toml`), its
+//! `.sha256`, and a quality summary, with the deliverable's due date.
 //!
-//! Missing windows are visibly `missing` with an empty count — never zeros. Windows inside the
-//! facility's closed hours are `closed`. The file appears complete or not at all (written beside
-//! its final name, then renamed).
+//! `sql/monthly_long.sql` gives every sensor × direction × window of the month with its status;
+//! that becomes a [`MonthGrid`]; if the format asks for it, missing cells are estimated from the
+//! sensor's usual share of its array ([`estimate`]); the format renders the bytes. Missing windows
+//! are visibly missing, never zeros. Files appear complete or not at all (written beside their final
+//! name, then renamed).
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::Timelike;
@@ -18,44 +22,35 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 
+use super::format::{Cell, Format, MonthGrid, Series, WindowInfo};
+use crate::calendar;
 use crate::config::Config;
 use crate::window::time::{month_bounds, partition_value};
 
-/// Header of the default long layout.
-pub const LONG_HEADER: [&str; 7] = [
-    "date",
-    "time",
-    "sensor_id",
-    "array",
-    "direction",
-    "count",
-    "status",
-];
+/// Days of history before the month used to learn each sensor's share of its array.
+pub const SHARE_HISTORY_DAYS: u64 = 28;
 
 /// What `monthly` produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonthlyOutput {
     pub csv: PathBuf,
     pub sha256_file: PathBuf,
+    pub summary_file: PathBuf,
     pub sha256: String,
+    /// Sensor × direction × window cells of the month.
     pub rows: u64,
     pub ok: u64,
+    pub estimated: u64,
     pub missing: u64,
     pub closed: u64,
-    /// People in the `ok` rows.
+    /// People in the measured (`ok`) cells.
     pub people: u64,
+    pub due: chrono::NaiveDate,
+    pub due_provisional: bool,
 }
 
 /// Registers `month_windows`: every window of the month with its local date and time.
-fn register_month_windows(
-    ctx: &SessionContext,
-    cfg: &Config,
-    year: i32,
-    month: u32,
-) -> anyhow::Result<()> {
-    let spec = &cfg.window;
-    let ws = spec.month_windows(year, month);
-    let local: Vec<_> = ws.iter().map(|w| spec.local(*w)).collect();
+fn register_month_windows(ctx: &SessionContext, windows: &[WindowInfo]) -> anyhow::Result<()> {
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("ord", DataType::UInt32, false),
@@ -69,18 +64,19 @@ fn register_month_windows(
             Field::new("closed", DataType::Boolean, false),
         ])),
         vec![
-            Arc::new(UInt32Array::from_iter_values(0..ws.len() as u32)) as ArrayRef,
-            Arc::new(TimestampMillisecondArray::from(ws.clone()).with_timezone("UTC")),
+            Arc::new(UInt32Array::from_iter_values(0..windows.len() as u32)) as ArrayRef,
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(windows.iter().map(|w| w.window_start))
+                    .with_timezone("UTC"),
+            ),
             Arc::new(StringArray::from_iter_values(
-                local.iter().map(|t| partition_value(t.date_naive())),
+                windows.iter().map(|w| partition_value(w.date)),
             )),
-            Arc::new(StringArray::from_iter_values(
-                local
-                    .iter()
-                    .map(|t| format!("{:02}:{:02}", t.hour(), t.minute())),
-            )),
+            Arc::new(StringArray::from_iter_values(windows.iter().map(|w| {
+                format!("{:02}:{:02}", w.start.hour(), w.start.minute())
+            }))),
             Arc::new(BooleanArray::from_iter(
-                ws.iter().map(|w| Some(spec.is_closed(*w))),
+                windows.iter().map(|w| Some(w.closed)),
             )),
         ],
     )?;
@@ -92,88 +88,390 @@ fn register_month_windows(
     Ok(())
 }
 
-/// The month's rows in the long layout, in output order.
+fn month_windows(cfg: &Config, year: i32, month: u32) -> Vec<WindowInfo> {
+    let spec = &cfg.window;
+    spec.month_windows(year, month)
+        .into_iter()
+        .map(|ws| {
+            let start = spec.local(ws);
+            let end = spec.local(ws + spec.size_ms);
+            WindowInfo {
+                window_start: ws,
+                date: start.date_naive(),
+                start: start.time(),
+                end: end.time(),
+                closed: spec.is_closed(ws),
+            }
+        })
+        .collect()
+}
+
+fn fill_dates(sql: &str, from: chrono::NaiveDate, to: chrono::NaiveDate) -> String {
+    sql.replace("{{from_date}}", &partition_value(from))
+        .replace("{{to_date}}", &partition_value(to))
+}
+
+/// The month's rows in the long layout, in output order (`sql/monthly_long.sql`).
 pub async fn month_rows(
     ctx: &SessionContext,
     cfg: &Config,
     year: i32,
     month: u32,
 ) -> anyhow::Result<Vec<RecordBatch>> {
-    register_month_windows(ctx, cfg, year, month)?;
+    register_month_windows(ctx, &month_windows(cfg, year, month))?;
     let (from, next) = month_bounds(year, month);
     let to = next.pred_opt().expect("a day before the next month");
-    let sql = super::MONTHLY_LONG_SQL
-        .replace("{{from_date}}", &partition_value(from))
-        .replace("{{to_date}}", &partition_value(to));
+    let sql = fill_dates(super::MONTHLY_LONG_SQL, from, to);
     Ok(ctx.sql(&sql).await?.collect().await?)
 }
 
-/// Builds `YYYY_MM.csv` and its checksum in `out_dir`.
+/// Every window × series of the month with its measured state.
+pub async fn month_grid(
+    ctx: &SessionContext,
+    cfg: &Config,
+    year: i32,
+    month: u32,
+) -> anyhow::Result<MonthGrid> {
+    let windows = month_windows(cfg, year, month);
+    let series: Vec<Series> = cfg
+        .registry
+        .sensors()
+        .iter()
+        .flat_map(|s| {
+            s.directions.iter().map(|d| Series {
+                sensor_id: s.id.clone(),
+                array: s.array.clone(),
+                direction: d.clone(),
+            })
+        })
+        .collect();
+    let batches = month_rows(ctx, cfg, year, month).await?;
+    let mut cells = Vec::with_capacity(windows.len() * series.len());
+    for b in &batches {
+        let count = arrow::compute::cast(b.column(5), &DataType::Int64)?;
+        let count = count.as_any().downcast_ref::<Int64Array>().expect("int64");
+        let status = b
+            .column(6)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("status");
+        for i in 0..b.num_rows() {
+            cells.push(match status.value(i) {
+                "ok" => Cell::Ok(count.value(i) as u64),
+                "closed" => Cell::Closed,
+                _ => Cell::Missing,
+            });
+        }
+    }
+    anyhow::ensure!(
+        cells.len() == windows.len() * series.len(),
+        "internal error: the monthly query returned {} rows for {} windows x {} series",
+        cells.len(),
+        windows.len(),
+        series.len()
+    );
+    Ok(MonthGrid {
+        year,
+        month,
+        windows,
+        series,
+        cells,
+    })
+}
+
+/// Each series' usual share of its array and direction, learned from the windows of the
+/// [`SHARE_HISTORY_DAYS`] days before the month in which every sensor of the array was live.
+pub async fn array_shares(
+    ctx: &SessionContext,
+    grid: &MonthGrid,
+) -> anyhow::Result<Vec<Option<f64>>> {
+    let (from, _) = month_bounds(grid.year, grid.month);
+    let hist_from = from - chrono::Days::new(SHARE_HISTORY_DAYS);
+    let hist_to = from.pred_opt().expect("day before");
+    let sql = fill_dates(
+        "SELECT sensor_id, direction, window_start, \"count\" FROM flow_15min \
+         WHERE up AND date >= '{{from_date}}' AND date <= '{{to_date}}'",
+        hist_from,
+        hist_to,
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let index: HashMap<(&str, &str), usize> = grid
+        .series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ((s.sensor_id.as_str(), s.direction.as_str()), i))
+        .collect();
+    // window → series → count
+    let mut by_window: BTreeMap<i64, Vec<Option<u64>>> = BTreeMap::new();
+    for b in &batches {
+        let s = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("sensor_id");
+        let d = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("direction");
+        let ws = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .expect("ws");
+        let c = b
+            .column(3)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("count");
+        for i in 0..b.num_rows() {
+            if let Some(&si) = index.get(&(s.value(i), d.value(i))) {
+                by_window
+                    .entry(ws.value(i))
+                    .or_insert_with(|| vec![None; grid.series.len()])[si] = Some(c.value(i) as u64);
+            }
+        }
+    }
+    let groups = groups(grid);
+    let mut own = vec![0u64; grid.series.len()];
+    let mut group_total = vec![0u64; grid.series.len()];
+    for values in by_window.values() {
+        for members in groups.values() {
+            if members.iter().all(|m| values[*m].is_some()) {
+                let total: u64 = members.iter().map(|m| values[*m].unwrap_or(0)).sum();
+                for m in members {
+                    own[*m] += values[*m].unwrap_or(0);
+                    group_total[*m] += total;
+                }
+            }
+        }
+    }
+    Ok((0..grid.series.len())
+        .map(|i| (group_total[i] > 0).then(|| own[i] as f64 / group_total[i] as f64))
+        .collect())
+}
+
+/// Series grouped by (array, direction).
+fn groups(grid: &MonthGrid) -> BTreeMap<(String, String), Vec<usize>> {
+    let mut g: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, s) in grid.series.iter().enumerate() {
+        g.entry((s.array.clone(), s.direction.clone()))
+            .or_default()
+            .push(i);
+    }
+    g
+}
+
+/// Fills missing cells whose array has live sensors in the same window and direction:
+/// estimate = (people counted by the live sensors) × share / (shares of the live sensors).
+/// Cells without a learned share, or whose whole array is missing, stay missing.
+pub fn estimate(grid: &mut MonthGrid, shares: &[Option<f64>]) -> u64 {
+    let groups = groups(grid);
+    let n = grid.series.len();
+    let mut filled = 0;
+    for w in 0..grid.windows.len() {
+        for members in groups.values() {
+            let live: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|m| matches!(grid.cells[w * n + m], Cell::Ok(_)))
+                .collect();
+            if live.is_empty() {
+                continue;
+            }
+            let live_people: u64 = live
+                .iter()
+                .map(|m| match grid.cells[w * n + m] {
+                    Cell::Ok(c) => c,
+                    _ => 0,
+                })
+                .sum();
+            let live_share: f64 = live.iter().filter_map(|m| shares[*m]).sum();
+            if live.iter().any(|m| shares[*m].is_none()) || live_share <= 0.0 {
+                continue;
+            }
+            for m in members {
+                if grid.cells[w * n + m] == Cell::Missing
+                    && let Some(share) = shares[*m]
+                {
+                    let est = (live_people as f64 * share / live_share).round() as u64;
+                    grid.cells[w * n + m] = Cell::Estimated(est);
+                    filled += 1;
+                }
+            }
+        }
+    }
+    filled
+}
+
+/// Builds the month's deliverable in `format` into `out_dir`.
 pub async fn write_monthly(
     ctx: &SessionContext,
     cfg: &Config,
     year: i32,
     month: u32,
+    format: &Format,
     out_dir: &Path,
 ) -> anyhow::Result<MonthlyOutput> {
-    let batches = month_rows(ctx, cfg, year, month).await?;
+    let mut grid = month_grid(ctx, cfg, year, month).await?;
+    if format.estimate {
+        let shares = array_shares(ctx, &grid).await?;
+        estimate(&mut grid, &shares);
+    }
+    let bytes = format.render(&grid).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(out_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot create the output directory {}: {e}",
             out_dir.display()
         )
     })?;
-    let name = format!("{year:04}_{month:02}.csv");
+    let name = format.file_name(year, month);
     let csv_path = out_dir.join(&name);
-    let tmp = out_dir.join(format!(".{name}.tmp"));
-    let mut buf = Vec::new();
-    let header: Vec<String> = LONG_HEADER.iter().map(|s| s.to_string()).collect();
-    super::write_csv(&mut buf, &batches, Some(&header), csv::Terminator::CRLF)?;
-    let sha = format!("{:x}", Sha256::digest(&buf));
-    {
-        let mut f = std::fs::File::create(&tmp)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &csv_path)?;
+    let sha = format!("{:x}", Sha256::digest(&bytes));
+    write_atomically(&csv_path, &bytes)?;
     let sha_path = out_dir.join(format!("{name}.sha256"));
-    std::fs::write(&sha_path, format!("{sha}  {name}\n"))?;
+    write_atomically(&sha_path, format!("{sha}  {name}\n").as_bytes())?;
 
     let mut out = MonthlyOutput {
         csv: csv_path,
         sha256_file: sha_path,
+        summary_file: out_dir.join(format!("{}.quality.md", name.trim_end_matches(".csv"))),
         sha256: sha,
-        rows: 0,
+        rows: grid.cells.len() as u64,
         ok: 0,
+        estimated: 0,
         missing: 0,
         closed: 0,
         people: 0,
+        due: calendar::deliverable_due(year, month),
+        due_provisional: calendar::is_provisional(year) || calendar::is_provisional(year + 1),
     };
-    for b in &batches {
-        let status = b.column_by_name("status").expect("status column");
-        let status = status
+    for c in &grid.cells {
+        match c {
+            Cell::Ok(n) => {
+                out.ok += 1;
+                out.people += n;
+            }
+            Cell::Estimated(_) => out.estimated += 1,
+            Cell::Missing => out.missing += 1,
+            Cell::Closed => out.closed += 1,
+        }
+    }
+    let quarantined = quarantined_in_month(ctx, year, month).await?;
+    let summary = quality_summary(&grid, format, &out, quarantined);
+    write_atomically(&out.summary_file, summary.as_bytes())?;
+    Ok(out)
+}
+
+async fn quarantined_in_month(
+    ctx: &SessionContext,
+    year: i32,
+    month: u32,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let (from, next) = month_bounds(year, month);
+    let sql = fill_dates(
+        "SELECT reason, COUNT(*) AS n FROM quarantine WHERE date >= '{{from_date}}' AND date <= '{{to_date}}' GROUP BY reason",
+        from,
+        next.pred_opt().expect("day before"),
+    );
+    let mut out = BTreeMap::new();
+    for b in ctx.sql(&sql).await?.collect().await? {
+        let r = b
+            .column(0)
             .as_any()
             .downcast_ref::<StringArray>()
-            .expect("status is text");
-        let count = b.column_by_name("count").expect("count column");
-        let count = arrow::compute::cast(count, &DataType::Int64)?;
-        let count = count
+            .expect("reason");
+        let n = b
+            .column(1)
             .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .expect("int64");
+            .downcast_ref::<Int64Array>()
+            .expect("n");
         for i in 0..b.num_rows() {
-            out.rows += 1;
-            match status.value(i) {
-                "ok" => {
-                    out.ok += 1;
-                    out.people += count.value(i) as u64;
-                }
-                "missing" => out.missing += 1,
-                _ => out.closed += 1,
-            }
-            debug_assert!(status.value(i) == "ok" || count.is_null(i));
+            out.insert(r.value(i).to_string(), n.value(i) as u64);
         }
     }
     Ok(out)
+}
+
+fn quality_summary(
+    grid: &MonthGrid,
+    format: &Format,
+    out: &MonthlyOutput,
+    quarantined: BTreeMap<String, u64>,
+) -> String {
+    let mut s = format!(
+        "# Quality summary {:04}-{:02}\n\nFile: `{}` (format `{}`), sha256 `{}`\n\nDue: {} (5th business day of the next month){}\n\n",
+        grid.year,
+        grid.month,
+        out.csv
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        format.name,
+        out.sha256,
+        out.due,
+        if out.due_provisional {
+            ", provisional: holidays beyond the Cabinet Office list"
+        } else {
+            ""
+        }
+    );
+    s.push_str(&format!(
+        "Cells (sensor x direction x window): {} — ok {}, estimated {}, missing {}, closed {}. People measured: {}.\n\n",
+        out.rows, out.ok, out.estimated, out.missing, out.closed, out.people
+    ));
+    s.push_str("| sensor | direction | open windows | measured | estimated | missing | coverage |\n|---|---|---:|---:|---:|---:|---:|\n");
+    let n = grid.series.len();
+    for (si, series) in grid.series.iter().enumerate() {
+        let (mut open, mut ok, mut est, mut miss) = (0, 0, 0, 0);
+        for w in 0..grid.windows.len() {
+            match grid.cells[w * n + si] {
+                Cell::Closed => {}
+                Cell::Ok(_) => {
+                    open += 1;
+                    ok += 1;
+                }
+                Cell::Estimated(_) => {
+                    open += 1;
+                    est += 1;
+                }
+                Cell::Missing => {
+                    open += 1;
+                    miss += 1;
+                }
+            }
+        }
+        let cov = if open > 0 {
+            100.0 * ok as f64 / open as f64
+        } else {
+            0.0
+        };
+        s.push_str(&format!(
+            "| {} | {} | {open} | {ok} | {est} | {miss} | {cov:.1} % |\n",
+            series.sensor_id, series.direction
+        ));
+    }
+    let total: u64 = quarantined.values().sum();
+    s.push_str(&format!(
+        "\nQuarantined messages received this month: {total}"
+    ));
+    if !quarantined.is_empty() {
+        let list: Vec<_> = quarantined
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        s.push_str(&format!(" ({})", list.join(", ")));
+    }
+    s.push_str("\n\nAlerts of the month: not available yet (`jinryu check` is not built).\n");
+    s
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut f = std::fs::File::create(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
