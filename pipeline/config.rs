@@ -81,6 +81,7 @@ struct RawWindow {
 
 #[derive(Debug, Default, Deserialize)]
 struct RawFacility {
+    name: Option<String>,
     #[serde(default)]
     closed: Vec<String>,
 }
@@ -196,6 +197,8 @@ impl SensorRegistry {
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `facility.name`: shown in reports.
+    pub facility_name: String,
     pub timezone: Tz,
     pub storage_url: String,
     pub window: WindowSpec,
@@ -349,8 +352,13 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         );
     }
 
+    let facility = raw.facility.unwrap_or_default();
+    let facility_name = facility
+        .name
+        .clone()
+        .unwrap_or_else(|| "jinryu".to_string());
     let mut closed = Vec::new();
-    for (i, range) in raw.facility.unwrap_or_default().closed.iter().enumerate() {
+    for (i, range) in facility.closed.iter().enumerate() {
         match ClosedHours::parse(range) {
             Ok(c) => closed.push(c),
             Err(msg) => problem(problems, format!("facility.closed[{i}]"), msg),
@@ -480,6 +488,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
     }
 
     Some(Config {
+        facility_name,
         timezone: timezone?,
         storage_url,
         window: WindowSpec::new(size_ms?, lateness_ms?, timezone?, closed),

@@ -12,6 +12,7 @@
 
 pub mod format;
 pub mod monthly;
+pub mod report;
 
 use std::sync::Arc;
 

@@ -36,6 +36,8 @@ pub struct MonthlyOutput {
     pub csv: PathBuf,
     pub sha256_file: PathBuf,
     pub summary_file: PathBuf,
+    /// The monthly HTML report beside the CSV.
+    pub report_file: PathBuf,
     pub sha256: String,
     /// Sensor × direction × window cells of the month.
     pub rows: u64,
@@ -336,6 +338,7 @@ pub async fn write_monthly(
         csv: csv_path,
         sha256_file: sha_path,
         summary_file: out_dir.join(format!("{}.quality.md", name.trim_end_matches(".csv"))),
+        report_file: out_dir.join(format!("{}.html", name.trim_end_matches(".csv"))),
         sha256: sha,
         rows: grid.cells.len() as u64,
         ok: 0,
@@ -360,6 +363,8 @@ pub async fn write_monthly(
     let quarantined = quarantined_in_month(ctx, year, month).await?;
     let summary = quality_summary(&grid, format, &out, quarantined);
     write_atomically(&out.summary_file, summary.as_bytes())?;
+    let html = super::report::html(&grid, &out, &cfg.facility_name).map_err(anyhow::Error::msg)?;
+    write_atomically(&out.report_file, html.as_bytes())?;
     Ok(out)
 }
 
