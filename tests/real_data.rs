@@ -63,6 +63,76 @@ fn messages(rows: &[HourRow], tz: chrono_tz::Tz) -> (String, Hourly) {
     (out, want)
 }
 
+/// Hourly sums read back from the deliverable (long format) of one month: (sensor, direction,
+/// local "YYYY-MM-DD HH") → people, plus the number of `missing` cells per sensor.
+async fn deliverable_hourly(
+    cfg: &Config,
+    storage: &Storage,
+    year: i32,
+    month: u32,
+) -> (
+    BTreeMap<(String, String, String), u64>,
+    BTreeMap<String, u64>,
+) {
+    let ctx = jobs::context(cfg, storage).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = jobs::monthly::write_monthly(
+        &ctx,
+        cfg,
+        year,
+        month,
+        &jobs::format::Format::long(),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let mut rdr = csv::Reader::from_path(&m.csv).unwrap();
+    let mut hourly = BTreeMap::new();
+    let mut missing: BTreeMap<String, u64> = BTreeMap::new();
+    for rec in rdr.records() {
+        let r = rec.unwrap();
+        let key = (
+            r[2].to_string(),
+            r[4].to_string(),
+            format!("{} {}", &r[0], &r[1][..2]),
+        );
+        match &r[6] {
+            "ok" => *hourly.entry(key).or_default() += r[5].parse::<u64>().unwrap(),
+            "missing" => {
+                assert_eq!(&r[5], "", "a missing cell has no count");
+                *missing.entry(r[2].to_string()).or_default() += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (hourly, missing)
+}
+
+/// The dataset's hourly values of one month keyed like [`deliverable_hourly`].
+fn expected_month(
+    want: &Hourly,
+    tz: chrono_tz::Tz,
+    year: i32,
+    month: u32,
+) -> BTreeMap<(String, String, String), u64> {
+    want.iter()
+        .filter_map(|((s, d, h), v)| {
+            let local = tz.timestamp_millis_opt(*h).unwrap();
+            use chrono::Datelike;
+            (local.year() == year && local.month() == month).then(|| {
+                (
+                    (
+                        s.clone(),
+                        d.clone(),
+                        local.format("%Y-%m-%d %H").to_string(),
+                    ),
+                    *v,
+                )
+            })
+        })
+        .collect()
+}
+
 /// Ingests and returns what `flow_15min` says per hour, plus the sensors that have any row.
 async fn replay(config: &str, input: String) -> (Hourly, std::collections::BTreeSet<String>, u64) {
     let cfg = Config::parse(config, "test").unwrap();
@@ -220,7 +290,7 @@ async fn dlr_footfall_counts_come_back_and_blank_counters_stay_missing() {
             id(k)
         ));
     }
-    let (got, live_sensors, people) = replay(&config, input).await;
+    let (got, live_sensors, people) = replay(&config, input.clone()).await;
     assert_eq!(got, want);
     assert_eq!(people, totals);
     // The three Wyattville counters are blank in every row: no row at all, i.e. missing.
@@ -233,4 +303,26 @@ async fn dlr_footfall_counts_come_back_and_blank_counters_stay_missing() {
     assert_eq!(blank.len(), 3);
     assert_eq!(live_sensors.len(), 5);
     assert!(blank.iter().all(|b| !live_sensors.contains(b)));
+
+    // The deliverable (long format) of January: hourly sums equal the dataset's hourly counts,
+    // and the blank counters are missing in every window — never 0.
+    let cfg = Config::parse(&config, "test").unwrap();
+    let storage = Storage::open("memory://").unwrap();
+    ingest(
+        &cfg,
+        &storage,
+        Box::new(std::io::Cursor::new(input.into_bytes())),
+        &IngestOptions::new("real"),
+    )
+    .await
+    .unwrap();
+    let (hourly, missing) = deliverable_hourly(&cfg, &storage, 2025, 1).await;
+    assert_eq!(hourly, expected_month(&want, tz, 2025, 1));
+    for b in &blank {
+        assert_eq!(
+            missing[b],
+            31 * 96 * 2,
+            "{b} is missing in every window of January"
+        );
+    }
 }
