@@ -226,7 +226,7 @@ id = "BGT"
 array = "Burke-Gilman"
 directions = ["ped_south", "ped_north", "bike_north", "bike_south"]
 "#;
-    let (got, _, people) = replay(config, input).await;
+    let (got, _, people) = replay(config, input.clone()).await;
     assert_eq!(got, want);
     assert_eq!(people, grand_total);
     assert_eq!(
@@ -234,6 +234,23 @@ directions = ["ped_south", "ped_north", "bike_north", "bike_south"]
         2160 * 4,
         "every hour of every direction is live, zeros included"
     );
+
+    // The deliverable (long format) of each month: hourly sums equal the dataset's, zeros included.
+    let cfg = Config::parse(config, "test").unwrap();
+    let storage = Storage::open("memory://").unwrap();
+    ingest(
+        &cfg,
+        &storage,
+        Box::new(std::io::Cursor::new(input.into_bytes())),
+        &IngestOptions::new("real"),
+    )
+    .await
+    .unwrap();
+    for (y, m, hours) in [(2018, 12, 744), (2019, 1, 744), (2019, 2, 672)] {
+        let (hourly, _) = deliverable_hourly(&cfg, &storage, y, m).await;
+        assert_eq!(hourly.len(), hours * 4);
+        assert_eq!(hourly, expected_month(&want, tz, y, m), "{y}-{m:02}");
+    }
 }
 
 #[tokio::test]
