@@ -351,8 +351,104 @@ impl Decoder {
     }
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Fast path for the layout gateways send, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `None`
+/// for anything else (leap seconds included), which then goes through chrono's full parser.
+/// A property test keeps it equal to chrono.
+fn fast_rfc3339_ms(s: &[u8]) -> Option<i64> {
+    if s.len() < 20 {
+        return None;
+    }
+    let digit = |i: usize| -> Option<i64> {
+        let c = s.get(i)?.wrapping_sub(b'0');
+        (c < 10).then_some(i64::from(c))
+    };
+    let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
+    if s[4] != b'-'
+        || s[7] != b'-'
+        || !matches!(s[10], b'T' | b't' | b' ')
+        || s[13] != b':'
+        || s[16] != b':'
+    {
+        return None;
+    }
+    let year = digit(0)? * 1000 + digit(1)? * 100 + digit(2)? * 10 + digit(3)?;
+    let (month, day, hour, minute, second) = (two(5)?, two(8)?, two(11)?, two(14)?, two(17)?);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[(month - 1) as usize]
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if s[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < s.len() && s[i].is_ascii_digit() {
+            if i - start < 3 {
+                millis = millis * 10 + i64::from(s[i] - b'0');
+            }
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 || n > 9 {
+            return None;
+        }
+        for _ in n..3 {
+            millis *= 10;
+        }
+    }
+    let offset_s = match s.get(i)? {
+        b'Z' | b'z' if i + 1 == s.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == s.len() && s[i + 3] == b':' => {
+            let (oh, om) = (two(i + 1)?, two(i + 4)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let o = oh * 3600 + om * 60;
+            if *sign == b'-' { -o } else { o }
+        }
+        _ => return None,
+    };
+    let secs =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Some(secs * 1000 + millis)
+}
+
 /// Parses an RFC 3339 timestamp with offset into epoch milliseconds.
 pub fn parse_rfc3339_ms(text: &str) -> Result<i64, Rejection> {
+    if let Some(ms) = fast_rfc3339_ms(text.as_bytes()) {
+        return Ok(ms);
+    }
     match chrono::DateTime::parse_from_rfc3339(text) {
         Ok(t) => Ok(t.timestamp_millis()),
         Err(e) => {
@@ -571,6 +667,60 @@ mod tests {
         assert_eq!(listed, codes);
         for ex in schema["examples"].as_array().unwrap() {
             decoder().decode(ex.to_string().as_bytes(), NOW).unwrap();
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_timestamps_equal_chrono(
+            secs in 946_684_800i64..4_102_444_800,
+            nanos in 0u32..1_000_000_000,
+            offset_min in -(23 * 60 + 59)..(23 * 60 + 59),
+            frac in 0usize..4,
+            zulu in proptest::bool::ANY,
+        ) {
+            let t = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
+            let off = chrono::FixedOffset::east_opt(offset_min * 60).unwrap();
+            let fmt = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%.3f", "%Y-%m-%dT%H:%M:%S%.6f", "%Y-%m-%dT%H:%M:%S%.9f"][frac];
+            let text = if zulu {
+                format!("{}Z", t.format(fmt))
+            } else {
+                format!("{}{}", t.with_timezone(&off).format(fmt), t.with_timezone(&off).format("%:z"))
+            };
+            let want = chrono::DateTime::parse_from_rfc3339(&text).unwrap().timestamp_millis();
+            proptest::prop_assert_eq!(fast_rfc3339_ms(text.as_bytes()), Some(want), "{}", text);
+        }
+
+        #[test]
+        fn fast_path_never_accepts_what_chrono_rejects(text in "[0-9T:+Z. -]{18,32}") {
+            if let Some(ms) = fast_rfc3339_ms(text.as_bytes()) {
+                let chrono_ms = chrono::DateTime::parse_from_rfc3339(&text).map(|t| t.timestamp_millis());
+                proptest::prop_assert_eq!(chrono_ms, Ok(ms), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_handles_the_calendar_edges() {
+        for text in [
+            "2024-02-29T23:59:59.999+09:00",
+            "2000-01-01T00:00:00Z",
+            "2026-12-31T15:00:00-09:30",
+            "2100-03-01T00:00:00Z",
+        ] {
+            let want = chrono::DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .timestamp_millis();
+            assert_eq!(fast_rfc3339_ms(text.as_bytes()), Some(want), "{text}");
+        }
+        for text in [
+            "2023-02-29T00:00:00Z",
+            "2026-11-02T24:00:00Z",
+            "2026-11-02T08:15:60Z",
+            "2026-11-02T08:15:00",
+            "2026-11-02T08:15:00+0900",
+        ] {
+            assert_eq!(fast_rfc3339_ms(text.as_bytes()), None, "{text}");
         }
     }
 
