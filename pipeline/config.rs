@@ -63,6 +63,8 @@ struct RawConfig {
     facility: Option<RawFacility>,
     validation: Option<RawValidation>,
     sink: Option<RawSink>,
+    checks: Option<crate::jobs::checks::Thresholds>,
+    alerts: Option<RawAlerts>,
     #[serde(default)]
     sensors: Vec<RawSensor>,
     kafka: Option<RawKafka>,
@@ -97,6 +99,21 @@ struct RawValidation {
 #[derive(Debug, Default, Deserialize)]
 struct RawSink {
     roll_rows: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAlerts {
+    log_file: Option<String>,
+    webhook_url: Option<String>,
+    webhook_timeout: Option<String>,
+    webhook_attempts: Option<u32>,
+}
+
+/// Where alerts go besides stdout (`[alerts]`).
+#[derive(Debug, Clone, Default)]
+pub struct AlertRoutes {
+    pub log_file: Option<std::path::PathBuf>,
+    pub webhook: Option<crate::alerts::route::Webhook>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,7 +170,8 @@ pub struct Sensor {
 #[derive(Debug, Clone)]
 pub struct SensorRegistry {
     sensors: Vec<Sensor>,
-    index: HashMap<String, u32>,
+    /// id → index; foldhash: this lookup runs once per message.
+    index: HashMap<String, u32, foldhash::fast::RandomState>,
 }
 
 impl SensorRegistry {
@@ -206,6 +224,10 @@ pub struct Config {
     pub roll_rows: usize,
     pub registry: SensorRegistry,
     pub kafka: Option<RawKafka>,
+    /// Thresholds of `jinryu check` (`[checks]`).
+    pub checks: crate::jobs::checks::Thresholds,
+    /// Alert routes (`[alerts]`).
+    pub alerts: AlertRoutes,
 }
 
 impl Config {
@@ -253,7 +275,7 @@ impl Config {
             .map(|key| ConfigProblem {
                 message: format!(
                     "unknown key `{key}`; remove it or check its spelling (known sections: timezone, \
-                     storage, window, facility, validation, sink, sensors, kafka)"
+                     storage, window, facility, validation, sink, checks, alerts, sensors, kafka)"
                 ),
                 key,
             })
@@ -481,6 +503,44 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         });
     }
 
+    let checks = raw.checks.unwrap_or_default();
+    if checks.level_k <= 0.0 || !(0.0..=1.0).contains(&checks.late_rate) {
+        problem(
+            problems,
+            "checks",
+            "level_k must be positive and late_rate between 0 and 1",
+        );
+    }
+    let a = raw.alerts.unwrap_or_default();
+    let webhook_timeout = duration_ms(
+        problems,
+        "alerts.webhook_timeout",
+        a.webhook_timeout.as_deref(),
+        "5s",
+    );
+    let webhook = match a.webhook_url {
+        None => None,
+        Some(url) if url.starts_with("http://") => Some(crate::alerts::route::Webhook {
+            url,
+            timeout: std::time::Duration::from_millis(webhook_timeout.unwrap_or(5000) as u64),
+            attempts: a.webhook_attempts.unwrap_or(3).max(1),
+        }),
+        Some(url) => {
+            problem(
+                problems,
+                "alerts.webhook_url",
+                format!(
+                    "`{url}`: this build posts to http:// URLs only (no TLS yet); point it at an http relay on loopback"
+                ),
+            );
+            None
+        }
+    };
+    let alerts = AlertRoutes {
+        log_file: a.log_file.map(std::path::PathBuf::from),
+        webhook,
+    };
+
     if let Some(k) = &raw.kafka
         && k.topic.as_deref().is_some_and(str::is_empty)
     {
@@ -496,6 +556,8 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         roll_rows,
         registry: SensorRegistry::new(sensors),
         kafka: raw.kafka,
+        checks,
+        alerts,
     })
 }
 

@@ -9,12 +9,15 @@
 //! quarantine.rs   rejected messages with reason, position and payload head
 //! window/   dedup of retries, event-time tumbling windows, watermark, late rows, liveness
 //! sink/     rows → Arrow → Parquet objects on object storage, named by what was consumed
-//! jobs/     DataFusion SQL over the stored tables (sql/*.sql): flow_15min, the monthly CSV
+//! jobs/     DataFusion SQL over the stored tables (sql/*.sql): flow_15min, the monthly deliverable,
+//!           the data-quality checks (sql/checks/*.sql)
+//! alerts/   checks' incidents → alerts with stable ids and state → stdout, log file, webhook
 //! ingest.rs one run of the pipeline with its accounting; demo.rs and simulate/ the embedded default
 //! ```
 //!
 //! `config.rs` is read once at start and hands each stage its typed settings.
 
+pub mod alerts;
 pub mod calendar;
 pub mod config;
 pub mod demo;

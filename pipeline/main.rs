@@ -25,6 +25,8 @@ Start here:
   jinryu ingest --config jinryu.toml --input events.jsonl
   jinryu monthly --config jinryu.toml --month 2026-11 [--format formats/sapporo-wide.toml]
   jinryu calendar --month 2026-11  business days and deadlines
+  jinryu check --config jinryu.toml [--from 2026-11-01 --to 2026-11-30]   data-quality alerts
+  jinryu faults --config jinryu.toml --month 2026-11                       fault report drafts
   jinryu sql --config jinryu.toml \"SELECT * FROM flow_15min LIMIT 10\"
 
 Configuration: docker/jinryu.toml is a complete, commented example. Logs go to stderr; set
@@ -125,6 +127,42 @@ enum Command {
         #[arg(long)]
         format: Option<PathBuf>,
         /// Directory to write the files to
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Run the data-quality checks (sql/checks/*.sql) and raise alerts.
+    ///
+    /// Checks: sensor_offline, silent_but_alive, stuck_count, direction_dead, implausible_level
+    /// (robust baseline over [checks] history_days), clock_skew, late_rate; thresholds in [checks].
+    /// Closed hours and windows that are not final yet are never checked. Alerts keep a stable id;
+    /// an alert that continues stays one alert; one whose condition is gone is resolved. State is
+    /// kept in the storage (alerts/state.json), so a rerun sends nothing new. New and changed
+    /// alerts go to stdout as JSON lines, to [alerts] log_file and to [alerts] webhook_url.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// First local date to check, YYYY-MM-DD [default: 7 days ago]
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Last local date to check, YYYY-MM-DD [default: today]
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        /// Do not print alerts on stdout (log file and webhook still get them)
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Draft the month's fault reports (CSV and Markdown) from the checks' alerts.
+    ///
+    /// One line per incident: occurrence date and time, worker (blank to fill), what happened, cause
+    /// (as far as the data tell), action taken (blank to fill), duration, and the report's due date
+    /// (the next Japanese business day after the fault). Runs the checks for the month first.
+    Faults {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Month, YYYY-MM
+        #[arg(long, value_parser = month_arg)]
+        month: (i32, u32),
+        /// Directory for faults_YYYY_MM.csv and .md
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
@@ -249,6 +287,21 @@ fn print_report(r: &Report) {
             String::new()
         }
     );
+}
+
+/// Runs every check over `[from, to]` and merges the alerts into the stored state.
+async fn run_checks(
+    cfg: &Config,
+    storage: &Storage,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+) -> anyhow::Result<jinryu::alerts::Changes> {
+    let ctx = jobs::context(cfg, storage).await?;
+    let incidents = jobs::checks::run_checks(&ctx, cfg, &cfg.checks, from, to).await?;
+    let found = jinryu::alerts::alerts_from(cfg, &incidents);
+    let start = cfg.window.day_start(from);
+    let end = cfg.window.day_start(to.succ_opt().expect("next day"));
+    jinryu::alerts::merge(storage, found, start, end).await
 }
 
 fn default_source_id(input: &str) -> String {
@@ -436,6 +489,59 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     storage.describe("aggregates")
                 );
             }
+            Ok(())
+        }
+        Command::Check {
+            config,
+            from,
+            to,
+            quiet,
+        } => {
+            let cfg = config.load()?;
+            let storage = Storage::open(&cfg.storage_url)?;
+            let today = cfg
+                .window
+                .local(chrono::Utc::now().timestamp_millis())
+                .date_naive();
+            let to = to.unwrap_or(today);
+            let from = from.unwrap_or(to - chrono::Days::new(7));
+            anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+            let changes = run_checks(&cfg, &storage, from, to).await?;
+            let d = jinryu::alerts::route::route(
+                &changes.changed,
+                !quiet,
+                cfg.alerts.log_file.as_deref(),
+                cfg.alerts.webhook.as_ref(),
+            );
+            for e in &d.errors {
+                eprintln!("warning: {e}");
+            }
+            let open = changes.all.iter().filter(|a| a.status == "open").count();
+            eprintln!(
+                "jinryu check {from}..{to}: {} new or changed alerts, {open} open in total; webhook {} delivered, {} failed",
+                changes.changed.len(),
+                d.webhook_delivered,
+                d.webhook_failed
+            );
+            Ok(())
+        }
+        Command::Faults {
+            config,
+            month: (year, month),
+            out,
+        } => {
+            let cfg = config.load()?;
+            let storage = Storage::open(&cfg.storage_url)?;
+            let (from, next) = jinryu::window::time::month_bounds(year, month);
+            let to = next.pred_opt().expect("day before");
+            let changes = run_checks(&cfg, &storage, from, to).await?;
+            let (csv_path, md_path, n) =
+                jinryu::alerts::faults::write(&cfg, &changes.all, year, month, &out)?;
+            println!(
+                "{n} incidents → {} and {}",
+                csv_path.display(),
+                md_path.display()
+            );
             Ok(())
         }
         Command::Calendar {

@@ -10,6 +10,7 @@
 //! | `sensor_directions` | one row per sensor and configured direction |
 //! | `flow_15min` | view: one row per sensor, direction and window (`sql/flow_15min.sql`) |
 
+pub mod checks;
 pub mod format;
 pub mod monthly;
 pub mod report;

@@ -467,7 +467,7 @@ fn quality_summary(
             .collect();
         s.push_str(&format!(" ({})", list.join(", ")));
     }
-    s.push_str("\n\nAlerts of the month: not available yet (`jinryu check` is not built).\n");
+    s.push_str("\n\nAlerts of the month: see `jinryu check --from <first day> --to <last day>` and `jinryu faults`.\n");
     s
 }
 

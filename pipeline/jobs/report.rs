@@ -265,7 +265,7 @@ Cells (sensor × direction × window): {rows} — measured {ok}, estimated {est}
 <table><tr><th>sensor</th><th>array</th><th>direction</th><th>open windows</th><th>measured</th><th>estimated</th><th>missing</th><th>coverage</th></tr>
 {coverage}</table>
 <h2>Alerts of the month</h2>
-<p>Not available yet: <code>jinryu check</code> is not built.</p>
+<p>Not included in this report yet: run <code>jinryu check --from {year:04}-{month:02}-01</code> and <code>jinryu faults --month {year:04}-{month:02}</code>.</p>
 </body></html>
 "#,
         facility = escape(facility),

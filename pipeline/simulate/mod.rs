@@ -1,7 +1,7 @@
 //! The gateway simulator: a month of Chi-Ka-Ho traffic as JSON lines, with the *truth* it encodes.
 //!
 //! Used by `jinryu demo` (the embedded default), `jinryu simulate` (load and end-to-end testing)
-//! and the tests. Traffic follows weekday and weekend daily shapes per array and direction, stops
+//! and the tests. Traffic follows weekday and weekend/holiday daily shapes per array and direction, stops
 //! during the night closure, and every sensor sends an `ok` heartbeat each minute while open.
 //! With faults on, the stream also carries what real deployments see:
 //!
@@ -136,7 +136,9 @@ impl Simulator {
     fn generate_day(&mut self) {
         let spec = self.cfg.window.clone();
         let day = self.day;
-        let weekend = matches!(day.weekday(), Weekday::Sat | Weekday::Sun);
+        // National holidays are as quiet as weekends.
+        let weekend = matches!(day.weekday(), Weekday::Sat | Weekday::Sun)
+            || crate::calendar::holiday(day).0.is_some();
         let start = spec.day_start(day);
         let end = spec.day_start(day.succ_opt().expect("next day"));
         let reg = self.cfg.registry.clone();

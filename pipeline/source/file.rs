@@ -54,7 +54,7 @@ enum Job {
 
 fn decode_line(decoder: &Decoder, line: &[u8], now_ms: i64) -> Decoded {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.iter().all(u8::is_ascii_whitespace) {
+    if line.first() != Some(&b'{') && line.iter().all(u8::is_ascii_whitespace) {
         return Decoded::Blank;
     }
     match decoder.decode(line, now_ms) {
@@ -73,8 +73,11 @@ fn run_job(decoder: &Decoder, job: Job) -> DecodedChunk {
         Job::Lines { first_line, data } => {
             let mut items = Vec::with_capacity(data.len() / 96 + 1);
             let body = data.strip_suffix(b"\n").unwrap_or(&data);
-            for (line_no, line) in (first_line..).zip(body.split(|b| *b == b'\n')) {
-                items.push((line_no, decode_line(decoder, line, now_ms)));
+            let mut start = 0;
+            let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+            for (line_no, end) in (first_line..).zip(ends) {
+                items.push((line_no, decode_line(decoder, &body[start..end], now_ms)));
+                start = end + 1;
             }
             DecodedChunk {
                 items,

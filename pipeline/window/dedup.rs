@@ -53,7 +53,8 @@ impl SeqRanges {
 /// Seen sequence numbers of every (sensor, window) still within the horizon.
 #[derive(Debug, Default)]
 pub struct Dedup {
-    seen: HashMap<(u32, i64), SeqRanges>,
+    /// foldhash: one lookup per message with a `seq`.
+    seen: HashMap<(u32, i64), SeqRanges, foldhash::fast::RandomState>,
     /// Smallest window start still held (for cheap expiry checks).
     oldest: i64,
 }

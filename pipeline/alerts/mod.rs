@@ -1,0 +1,152 @@
+//! Stage 5 — alerts. Incidents from the checks become alerts with a stable id (kind, sensor and
+//! start), a severity, the evidence and a suggested action. Alert state lives with the data
+//! (`alerts/state.json` in the storage), so an alert that continues stays one alert across runs,
+//! a rerun over the same data changes nothing and sends nothing, and an alert whose condition is
+//! gone is resolved. Only new and changed alerts are routed ([`route`]).
+
+pub mod faults;
+pub mod route;
+
+use std::collections::BTreeMap;
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::jobs::checks::{CHECKS, Incident};
+use crate::sink::store::Storage;
+
+const STATE: &str = "alerts/state.json";
+
+/// One alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable: derived from kind, sensor and start.
+    pub id: String,
+    pub kind: String,
+    pub severity: String,
+    pub status: String,
+    pub sensor_id: Option<String>,
+    pub array: Option<String>,
+    /// Local start and end (RFC 3339 with offset) and epoch ms.
+    pub start: String,
+    pub end: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub windows: u64,
+    pub evidence: serde_json::Value,
+    pub action: String,
+}
+
+/// What a run of the checks changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New alerts and alerts whose status, end or evidence changed (in id order).
+    pub changed: Vec<Alert>,
+    /// All alerts after the run.
+    pub all: Vec<Alert>,
+}
+
+fn alert_id(kind: &str, sensor: Option<&str>, start_ms: i64) -> String {
+    let h = Sha256::digest(format!("{kind}|{}|{start_ms}", sensor.unwrap_or("-")).as_bytes());
+    h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Turns incidents into alerts.
+pub fn alerts_from(cfg: &Config, incidents: &[Incident]) -> Vec<Alert> {
+    incidents
+        .iter()
+        .map(|i| {
+            let check = CHECKS
+                .iter()
+                .find(|c| c.kind == i.kind)
+                .expect("known check");
+            let array = i
+                .sensor_id
+                .as_deref()
+                .and_then(|s| cfg.registry.lookup(s))
+                .map(|s| cfg.registry.get(s).array.clone());
+            Alert {
+                id: alert_id(i.kind, i.sensor_id.as_deref(), i.start_ms),
+                kind: i.kind.to_string(),
+                severity: check.severity.to_string(),
+                status: if i.ongoing { "open" } else { "resolved" }.to_string(),
+                sensor_id: i.sensor_id.clone(),
+                array,
+                start: cfg.window.local(i.start_ms).to_rfc3339(),
+                end: cfg.window.local(i.end_ms).to_rfc3339(),
+                start_ms: i.start_ms,
+                end_ms: i.end_ms,
+                windows: i.windows,
+                evidence: serde_json::json!({
+                    "value": i.value,
+                    "baseline": i.baseline,
+                    "detail": i.detail,
+                }),
+                action: check.action.to_string(),
+            }
+        })
+        .collect()
+}
+
+async fn load(storage: &Storage) -> anyhow::Result<BTreeMap<String, Alert>> {
+    match storage.store().get(&Path::from(STATE)).await {
+        Ok(got) => {
+            let bytes = got.bytes().await?;
+            let list: Vec<Alert> = serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is damaged ({e}); move it away to start the alert history afresh",
+                    storage.describe(STATE)
+                )
+            })?;
+            Ok(list.into_iter().map(|a| (a.id.clone(), a)).collect())
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(BTreeMap::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Merges this run's alerts over `[range_start_ms, range_end_ms)` into the stored state.
+/// Stored alerts in the range that were not found again are resolved (their condition is gone).
+pub async fn merge(
+    storage: &Storage,
+    found: Vec<Alert>,
+    range_start_ms: i64,
+    range_end_ms: i64,
+) -> anyhow::Result<Changes> {
+    let mut state = load(storage).await?;
+    let mut changed = Vec::new();
+    let found_ids: std::collections::BTreeSet<String> =
+        found.iter().map(|a| a.id.clone()).collect();
+    for a in found {
+        match state.get(&a.id) {
+            Some(old) if old == &a => {}
+            _ => {
+                changed.push(a.clone());
+                state.insert(a.id.clone(), a);
+            }
+        }
+    }
+    for (id, a) in state.iter_mut() {
+        if a.status == "open"
+            && !found_ids.contains(id)
+            && a.start_ms >= range_start_ms
+            && a.start_ms < range_end_ms
+        {
+            a.status = "resolved".to_string();
+            changed.push(a.clone());
+        }
+    }
+    changed.sort_by(|a, b| a.id.cmp(&b.id));
+    let all: Vec<Alert> = state.into_values().collect();
+    storage
+        .store()
+        .put(
+            &Path::from(STATE),
+            PutPayload::from(serde_json::to_vec_pretty(&all)?),
+        )
+        .await?;
+    Ok(Changes { changed, all })
+}

@@ -1,0 +1,356 @@
+//! `jinryu check`: each check trips on a stream made to trip it (right kind, sensor and span) and
+//! stays quiet on clean data, closed hours and a quiet public holiday; alerts keep their identity
+//! across runs, resolve when the data heal, and reach a real HTTP webhook on loopback (or are
+//! reported as undelivered when it is down).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{NaiveDate, TimeZone};
+use jinryu::alerts::{self, Alert, route};
+use jinryu::config::Config;
+use jinryu::ingest::{IngestOptions, ingest};
+use jinryu::jobs::{self, checks};
+use jinryu::simulate::{self, Simulator};
+use jinryu::sink::store::Storage;
+
+fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, day).unwrap()
+}
+
+fn at(day: u32, h: u32, m: u32) -> i64 {
+    chrono_tz::Asia::Tokyo
+        .with_ymd_and_hms(2026, 10, day, h, m, 0)
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// Three open days (6–8 October 2026) of all eight sensors, heartbeats and counts every five
+/// minutes, with one fault of each kind on the 7th.
+fn faulty_days() -> String {
+    let cfg = Config::chikaho("memory://");
+    let mut s = String::new();
+    let mut seq = 0u64;
+    for day in 6..=8u32 {
+        for minute in (0..24 * 60).step_by(5) {
+            if (50..345).contains(&minute) {
+                continue; // the night closure 00:46-05:44: no data
+            }
+            let (h, m) = (minute / 60, minute % 60);
+            let ts = at(day, h, m);
+            for (si, sensor) in cfg.registry.sensors().iter().enumerate() {
+                let id = sensor.id.as_str();
+                let faulty = day == 7;
+                if faulty && id == "J2-3" && (10..12).contains(&h) {
+                    continue; // offline 10:00-12:00
+                }
+                s.push_str(&format!("{{\"sensor_id\":\"{id}\",\"ts\":{},\"kind\":\"heartbeat\",\"status\":\"ok\"}}\n", ts + 500));
+                if faulty && id == "J1-2" && h == 14 {
+                    continue; // alive but counting nobody 14:00-15:00
+                }
+                for dir in ["north", "south"] {
+                    if faulty && id == "J2-1" && dir == "south" && (16..18).contains(&h) {
+                        continue; // one direction dead 16:00-18:00
+                    }
+                    let count = if faulty && id == "J2-4" && dir == "north" && (9..11).contains(&h)
+                    {
+                        20 // frozen counter 09:00-11:00
+                    } else {
+                        8 + (minute / 5 + h + si as u32 + u32::from(dir == "south")) % 7
+                    };
+                    seq += 1;
+                    s.push_str(&format!(
+                        "{{\"sensor_id\":\"{id}\",\"ts\":{},\"direction\":\"{dir}\",\"count\":{count},\"seq\":{seq}}}\n",
+                        ts + 1000
+                    ));
+                }
+            }
+        }
+    }
+    // A gateway with its clock in the future.
+    s.push_str(
+        "{\"sensor_id\":\"J1-1\",\"ts\":\"2100-01-01T00:00:00+09:00\",\"direction\":\"north\"}\n",
+    );
+    s
+}
+
+async fn load(storage: &Storage, cfg: &Config, input: String, source: &str) {
+    ingest(
+        cfg,
+        storage,
+        Box::new(std::io::Cursor::new(input.into_bytes())),
+        &IngestOptions::new(source),
+    )
+    .await
+    .unwrap();
+}
+
+async fn check(storage: &Storage, cfg: &Config, from: NaiveDate, to: NaiveDate) -> alerts::Changes {
+    let ctx = jobs::context(cfg, storage).await.unwrap();
+    let incidents = checks::run_checks(&ctx, cfg, &cfg.checks, from, to)
+        .await
+        .unwrap();
+    let found = alerts::alerts_from(cfg, &incidents);
+    let start = cfg.window.day_start(from);
+    let end = cfg.window.day_start(to.succ_opt().unwrap());
+    alerts::merge(storage, found, start, end).await.unwrap()
+}
+
+fn find<'a>(all: &'a [Alert], kind: &str, sensor: Option<&str>) -> &'a Alert {
+    let hits: Vec<_> = all
+        .iter()
+        .filter(|a| a.kind == kind && a.sensor_id.as_deref() == sensor)
+        .collect();
+    assert_eq!(hits.len(), 1, "{kind} {sensor:?}: {all:#?}");
+    hits[0]
+}
+
+#[tokio::test]
+async fn each_check_trips_on_its_fault_and_alerts_keep_their_identity() {
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    load(&storage, &cfg, faulty_days(), "faulty").await;
+    let run = check(&storage, &cfg, d(2026, 10, 6), d(2026, 10, 8)).await;
+    let all = &run.all;
+
+    let a = find(all, "sensor_offline", Some("J2-3"));
+    assert_eq!(
+        (a.start_ms, a.end_ms, a.windows),
+        (at(7, 10, 0), at(7, 12, 0), 8)
+    );
+    assert_eq!(
+        (a.status.as_str(), a.severity.as_str(), a.array.as_deref()),
+        ("resolved", "critical", Some("J2"))
+    );
+    let a = find(all, "silent_but_alive", Some("J1-2"));
+    assert_eq!((a.start_ms, a.end_ms), (at(7, 14, 0), at(7, 15, 0)));
+    let a = find(all, "stuck_count", Some("J2-4"));
+    assert_eq!(
+        (a.start_ms, a.end_ms),
+        (at(7, 9, 15), at(7, 11, 0)),
+        "the first frozen window is the reference"
+    );
+    let a = find(all, "direction_dead", Some("J2-1"));
+    assert_eq!((a.start_ms, a.end_ms), (at(7, 16, 0), at(7, 18, 0)));
+    assert!(a.evidence["detail"].as_str().unwrap().contains("south"));
+    // Nothing else: the night closure (no data 00:46-05:44) and the healthy sensors raise nothing,
+    // and without four weeks of history there is no baseline to call a level implausible.
+    assert_eq!(all.len(), 4, "{all:#?}");
+    assert_eq!(run.changed.len(), 4);
+    assert!(all.iter().all(|a| !a.action.is_empty()));
+
+    // A rerun over the same data changes nothing and routes nothing.
+    let again = check(&storage, &cfg, d(2026, 10, 6), d(2026, 10, 8)).await;
+    assert!(again.changed.is_empty(), "{:#?}", again.changed);
+    assert_eq!(again.all, run.all);
+
+    // Fault-report drafts of October: one line per incident, due the next business day (Thu 8th).
+    let out = tempfile::tempdir().unwrap();
+    let (csv_path, md_path, n) =
+        alerts::faults::write(&cfg, &again.all, 2026, 10, out.path()).unwrap();
+    assert_eq!(n, 4);
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    let offline = text.lines().find(|l| l.contains("J2-3")).unwrap();
+    assert_eq!(
+        offline,
+        format!(
+            "2026-10-07 10:00,,J2-3: no data (sensor offline),no heartbeat and no counts,,2h00m,2026-10-08,ended,{}",
+            find(all, "sensor_offline", Some("J2-3")).id
+        )
+    );
+    assert!(
+        std::fs::read_to_string(&md_path)
+            .unwrap()
+            .contains("| 2026-10-07 14:00 |  | J1-2: counting nobody")
+    );
+
+    // The gateway with a clock in the future was quarantined today: checking today shows it.
+    let today = cfg
+        .window
+        .local(chrono::Utc::now().timestamp_millis())
+        .date_naive();
+    let now = check(&storage, &cfg, today, today).await;
+    let skew = find(&now.all, "clock_skew", None);
+    assert_eq!(skew.evidence["value"], 1.0);
+    assert!(
+        skew.evidence["detail"]
+            .as_str()
+            .unwrap()
+            .contains("future_timestamp")
+    );
+}
+
+#[tokio::test]
+async fn an_ongoing_alert_stays_one_alert_and_resolves_when_the_data_heal() {
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    // Day 7 only; J2-3 silent from 22:00 to the end of the day: the condition is still going on.
+    let input: String = faulty_days()
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let ts = v["ts"].as_i64().unwrap_or(0);
+            ts >= at(7, 0, 0)
+                && ts < at(8, 0, 0)
+                && !(v["sensor_id"] == "J2-3" && ts >= at(7, 22, 0))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    load(&storage, &cfg, input, "day7").await;
+    let first = check(&storage, &cfg, d(2026, 10, 7), d(2026, 10, 7)).await;
+    let late_offline: Vec<_> = first
+        .all
+        .iter()
+        .filter(|a| a.kind == "sensor_offline" && a.start_ms == at(7, 22, 0))
+        .collect();
+    assert_eq!(late_offline.len(), 1, "{:#?}", first.all);
+    assert_eq!(
+        late_offline[0].status, "open",
+        "reaches the end of the checked range"
+    );
+    let id = late_offline[0].id.clone();
+
+    // The gateway delivers J2-3's missing heartbeats late: the gap is filled, the alert resolves.
+    let mut heal = String::new();
+    for minute in (22 * 60..24 * 60).step_by(5) {
+        heal.push_str(&format!(
+            "{{\"sensor_id\":\"J2-3\",\"ts\":{},\"kind\":\"heartbeat\",\"status\":\"ok\"}}\n",
+            at(7, minute / 60, minute % 60) + 500
+        ));
+    }
+    load(&storage, &cfg, heal, "heal").await;
+    let second = check(&storage, &cfg, d(2026, 10, 7), d(2026, 10, 7)).await;
+    let healed = second
+        .changed
+        .iter()
+        .find(|a| a.id == id)
+        .expect("the alert changed");
+    assert_eq!(healed.status, "resolved");
+    assert_eq!(
+        second.all.iter().filter(|a| a.id == id).count(),
+        1,
+        "still one alert"
+    );
+}
+
+#[tokio::test]
+async fn a_clean_month_and_a_quiet_holiday_raise_nothing_and_a_spike_is_caught() {
+    // A clean simulated October. The first eleven days give the baselines; 12-31 October is
+    // checked with every check, implausible_level included. Monday 12 October is Sports Day, a
+    // quiet holiday: compared with holidays and weekends, not with busy Mondays.
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    let mut opts = simulate::options(2026, 10);
+    opts.faults = false;
+    let mut sim = Simulator::new(&cfg, opts);
+    let mut input = String::new();
+    sim.read_to_string(&mut input).unwrap();
+    load(&storage, &cfg, input, "clean").await;
+    let run = check(&storage, &cfg, d(2026, 10, 12), d(2026, 10, 31)).await;
+    assert!(run.all.is_empty(), "{:#?}", run.all);
+
+    // 600 extra people under J1-1 going north at 12:05 on Tuesday 20 October: a spike.
+    let spike = format!(
+        "{{\"sensor_id\":\"J1-1\",\"ts\":{},\"direction\":\"north\",\"count\":600}}\n",
+        at(20, 12, 5)
+    );
+    load(&storage, &cfg, spike, "spike").await;
+    let run = check(&storage, &cfg, d(2026, 10, 12), d(2026, 10, 31)).await;
+    assert_eq!(run.all.len(), 1, "{:#?}", run.all);
+    let a = find(&run.all, "implausible_level", Some("J1-1"));
+    assert_eq!((a.start_ms, a.end_ms), (at(20, 12, 0), at(20, 12, 15)));
+    assert!(
+        a.evidence["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("spike in direction north")
+    );
+    assert!(
+        a.evidence["value"].as_f64().unwrap() > a.evidence["baseline"].as_f64().unwrap() + 500.0
+    );
+}
+
+/// A tiny HTTP server on loopback that records POST bodies.
+fn http_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(32) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            seen.lock().unwrap().push(String::from_utf8(body).unwrap());
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap();
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test]
+async fn webhook_delivers_and_a_down_webhook_is_reported() {
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    load(&storage, &cfg, faulty_days(), "faulty").await;
+    let run = check(&storage, &cfg, d(2026, 10, 6), d(2026, 10, 8)).await;
+    assert_eq!(run.changed.len(), 4);
+
+    let (url, bodies) = http_server();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let hook = route::Webhook {
+        url,
+        timeout: Duration::from_secs(2),
+        attempts: 2,
+    };
+    let d1 = route::route(&run.changed, false, Some(log.path()), Some(&hook));
+    assert_eq!(
+        (d1.webhook_delivered, d1.webhook_failed, d1.logged),
+        (4, 0, 4),
+        "{:?}",
+        d1.errors
+    );
+    let got: Vec<Alert> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(got, run.changed);
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(logged.lines().count(), 4);
+
+    // Nobody listening: every alert is reported as undelivered, quickly, and nothing panics.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = route::Webhook {
+        url: format!("http://127.0.0.1:{port}/hook"),
+        timeout: Duration::from_secs(1),
+        attempts: 2,
+    };
+    let t = std::time::Instant::now();
+    let d2 = route::route(&run.changed, false, None, Some(&down));
+    assert_eq!((d2.webhook_delivered, d2.webhook_failed), (0, 4));
+    assert_eq!(d2.errors.len(), 4);
+    assert!(d2.errors[0].contains("not delivered after 2 attempts"));
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
