@@ -23,6 +23,8 @@ pub struct DemoOutput {
     pub monthly: MonthlyOutput,
     pub data_dir: String,
     pub out_dir: PathBuf,
+    /// The demo's configuration file (storage pointed at `data_dir`).
+    pub config_file: PathBuf,
 }
 
 /// The stored table compared with the simulator's truth.
@@ -148,7 +150,12 @@ pub async fn run(opts: SimOptions, out_dir: &Path) -> anyhow::Result<DemoOutput>
     std::fs::create_dir_all(out_dir)?;
     let out_dir = out_dir.canonicalize()?;
     let data = out_dir.join("data");
-    let cfg = Config::chikaho(&format!("file://{}", data.display()));
+    let url = format!("file://{}", data.display());
+    let cfg = Config::chikaho(&url);
+    // The configuration beside the output, so `jinryu sql/monthly/check --config OUT/jinryu.toml`
+    // work on the demo's tables.
+    let toml = crate::config::CHIKAHO_TOML.replace("file:///var/lib/jinryu", &url);
+    std::fs::write(out_dir.join("jinryu.toml"), toml)?;
     let storage = Storage::open(&cfg.storage_url)?;
     let sim = Simulator::new(&cfg, opts.clone());
     let truth = sim.truth();
@@ -166,6 +173,7 @@ pub async fn run(opts: SimOptions, out_dir: &Path) -> anyhow::Result<DemoOutput>
         verification,
         monthly,
         data_dir: storage.describe(""),
+        config_file: out_dir.join("jinryu.toml"),
         out_dir,
     })
 }

@@ -375,13 +375,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             println!("checksum     {}", m.sha256_file.display());
             println!(
+                "report       {}  (quality: {})",
+                m.report_file.display(),
+                m.summary_file.display()
+            );
+            println!(
                 "tables       {} (aggregates/, quarantine/: Hive-partitioned Parquet)",
                 d.data_dir
             );
+            let cfg_path = d.config_file.display();
             println!(
-                "next         jinryu sql --config <cfg> \"SELECT * FROM flow_15min LIMIT 5\"  or  \
-                 duckdb -c \"SELECT date, sum(count) FROM read_parquet('{}/aggregates/*/*.parquet', hive_partitioning=true) GROUP BY date ORDER BY date\"",
-                d.data_dir.trim_end_matches('/')
+                "next         jinryu sql --config {cfg_path} \"SELECT * FROM flow_15min LIMIT 5\""
+            );
+            println!(
+                "             jinryu check --config {cfg_path} --from {year:04}-{month:02}-01 --to {year:04}-{month:02}-28"
+            );
+            println!(
+                "             jinryu monthly --config {cfg_path} --month {year:04}-{month:02} --format formats/sapporo-wide.toml"
             );
             anyhow::ensure!(
                 v.mismatches.is_empty(),
