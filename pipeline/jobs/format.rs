@@ -133,9 +133,46 @@ pub struct MonthGrid {
     pub cells: Vec<Cell>,
 }
 
+/// How much of a series' open time was measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Windows not inside the closed hours.
+    pub open: u64,
+    pub measured: u64,
+    pub estimated: u64,
+    pub missing: u64,
+}
+
+impl Coverage {
+    /// Measured share of the open windows, in percent.
+    pub fn percent(&self) -> f64 {
+        if self.open > 0 {
+            100.0 * self.measured as f64 / self.open as f64
+        } else {
+            0.0
+        }
+    }
+}
+
 impl MonthGrid {
     pub fn cell(&self, w: usize, s: usize) -> Cell {
         self.cells[w * self.series.len() + s]
+    }
+
+    /// Coverage of each series, in series order.
+    pub fn coverage(&self) -> Vec<Coverage> {
+        let mut out = vec![Coverage::default(); self.series.len()];
+        for (i, c) in self.cells.iter().enumerate() {
+            let cov = &mut out[i % self.series.len()];
+            match c {
+                Cell::Closed => continue,
+                Cell::Ok(_) => cov.measured += 1,
+                Cell::Estimated(_) => cov.estimated += 1,
+                Cell::Missing => cov.missing += 1,
+            }
+            cov.open += 1;
+        }
+        out
     }
 }
 

@@ -426,34 +426,16 @@ fn quality_summary(
         out.rows, out.ok, out.estimated, out.missing, out.closed, out.people
     ));
     s.push_str("| sensor | direction | open windows | measured | estimated | missing | coverage |\n|---|---|---:|---:|---:|---:|---:|\n");
-    let n = grid.series.len();
-    for (si, series) in grid.series.iter().enumerate() {
-        let (mut open, mut ok, mut est, mut miss) = (0, 0, 0, 0);
-        for w in 0..grid.windows.len() {
-            match grid.cells[w * n + si] {
-                Cell::Closed => {}
-                Cell::Ok(_) => {
-                    open += 1;
-                    ok += 1;
-                }
-                Cell::Estimated(_) => {
-                    open += 1;
-                    est += 1;
-                }
-                Cell::Missing => {
-                    open += 1;
-                    miss += 1;
-                }
-            }
-        }
-        let cov = if open > 0 {
-            100.0 * ok as f64 / open as f64
-        } else {
-            0.0
-        };
+    for (series, c) in grid.series.iter().zip(grid.coverage()) {
         s.push_str(&format!(
-            "| {} | {} | {open} | {ok} | {est} | {miss} | {cov:.1} % |\n",
-            series.sensor_id, series.direction
+            "| {} | {} | {} | {} | {} | {} | {:.1} % |\n",
+            series.sensor_id,
+            series.direction,
+            c.open,
+            c.measured,
+            c.estimated,
+            c.missing,
+            c.percent()
         ));
     }
     let total: u64 = quarantined.values().sum();

@@ -210,36 +210,19 @@ fn heat_map(grid: &MonthGrid) -> DrawResult<String> {
 pub fn html(grid: &MonthGrid, out: &MonthlyOutput, facility: &str) -> DrawResult<String> {
     let daily = daily_chart(grid)?;
     let heat = heat_map(grid)?;
-    let n = grid.series.len();
     let mut coverage = String::new();
-    for (si, s) in grid.series.iter().enumerate() {
-        let (mut open, mut ok, mut est) = (0u64, 0u64, 0u64);
-        for w in 0..grid.windows.len() {
-            match grid.cells[w * n + si] {
-                Cell::Closed => {}
-                Cell::Ok(_) => {
-                    open += 1;
-                    ok += 1;
-                }
-                Cell::Estimated(_) => {
-                    open += 1;
-                    est += 1;
-                }
-                Cell::Missing => open += 1,
-            }
-        }
-        let pct = if open > 0 {
-            100.0 * ok as f64 / open as f64
-        } else {
-            0.0
-        };
+    for (s, c) in grid.series.iter().zip(grid.coverage()) {
+        let pct = c.percent();
         coverage.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=n>{open}</td><td class=n>{ok}</td><td class=n>{est}</td><td class=n>{}</td>\
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td>\
              <td><div class=bar><div style=\"width:{pct:.1}%\"></div></div> {pct:.1} %</td></tr>\n",
             escape(&s.sensor_id),
             escape(&s.array),
             escape(&s.direction),
-            open - ok - est
+            c.open,
+            c.measured,
+            c.estimated,
+            c.missing
         ));
     }
     Ok(format!(
