@@ -166,6 +166,27 @@ async fn each_check_trips_on_its_fault_and_alerts_keep_their_identity() {
             .contains("| 2026-10-07 14:00 |  | J1-2: counting nobody")
     );
 
+    // The month's quality summary and HTML report list the stored alerts.
+    let ctx = jobs::context(&cfg, &storage).await.unwrap();
+    let m = jobs::monthly::write_monthly(
+        &ctx,
+        &cfg,
+        2026,
+        10,
+        &jobs::format::Format::long(),
+        out.path(),
+    )
+    .await
+    .unwrap();
+    let summary = std::fs::read_to_string(&m.summary_file).unwrap();
+    assert!(
+        summary.contains("Alerts of the month (from `jinryu check`): 4"),
+        "{summary}"
+    );
+    assert!(summary.contains("critical sensor_offline J2-3 2026-10-07T10:00:00+09:00"));
+    let html = std::fs::read_to_string(&m.report_file).unwrap();
+    assert_eq!(html.matches("<td>direction_dead</td>").count(), 1);
+
     // The gateway with a clock in the future was quarantined today: checking today shows it.
     let today = cfg
         .window

@@ -92,18 +92,24 @@ pub fn alerts_from(cfg: &Config, incidents: &[Incident]) -> Vec<Alert> {
 }
 
 async fn load(storage: &Storage) -> anyhow::Result<BTreeMap<String, Alert>> {
-    match storage.store().get(&Path::from(STATE)).await {
+    let list = stored(storage.store().as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", storage.describe(STATE)))?;
+    Ok(list.into_iter().map(|a| (a.id.clone(), a)).collect())
+}
+
+/// The stored alerts (empty if `jinryu check` never ran on this storage).
+pub async fn stored(store: &dyn object_store::ObjectStore) -> anyhow::Result<Vec<Alert>> {
+    match store.get(&Path::from(STATE)).await {
         Ok(got) => {
             let bytes = got.bytes().await?;
-            let list: Vec<Alert> = serde_json::from_slice(&bytes).map_err(|e| {
+            serde_json::from_slice(&bytes).map_err(|e| {
                 anyhow::anyhow!(
-                    "{} is damaged ({e}); move it away to start the alert history afresh",
-                    storage.describe(STATE)
+                    "{STATE} is damaged ({e}); move it away to start the alert history afresh"
                 )
-            })?;
-            Ok(list.into_iter().map(|a| (a.id.clone(), a)).collect())
+            })
         }
-        Err(object_store::Error::NotFound { .. }) => Ok(BTreeMap::new()),
+        Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
 }

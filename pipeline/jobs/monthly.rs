@@ -17,7 +17,7 @@ use arrow::array::{
     UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use chrono::Timelike;
+use chrono::{Datelike, Timelike};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
@@ -361,9 +361,23 @@ pub async fn write_monthly(
         }
     }
     let quarantined = quarantined_in_month(ctx, year, month).await?;
-    let summary = quality_summary(&grid, format, &out, quarantined);
+    let store = ctx.runtime_env().object_store(
+        datafusion::execution::object_store::ObjectStoreUrl::parse(
+            crate::sink::store::DATAFUSION_URL,
+        )?,
+    )?;
+    let alerts: Vec<crate::alerts::Alert> = crate::alerts::stored(store.as_ref())
+        .await?
+        .into_iter()
+        .filter(|a| {
+            let d = cfg.window.local(a.start_ms).date_naive();
+            (d.year(), d.month()) == (year, month)
+        })
+        .collect();
+    let summary = quality_summary(&grid, format, &out, quarantined, &alerts);
     write_atomically(&out.summary_file, summary.as_bytes())?;
-    let html = super::report::html(&grid, &out, &cfg.facility_name).map_err(anyhow::Error::msg)?;
+    let html = super::report::html(&grid, &out, &cfg.facility_name, &alerts)
+        .map_err(anyhow::Error::msg)?;
     write_atomically(&out.report_file, html.as_bytes())?;
     Ok(out)
 }
@@ -403,6 +417,7 @@ fn quality_summary(
     format: &Format,
     out: &MonthlyOutput,
     quarantined: BTreeMap<String, u64>,
+    alerts: &[crate::alerts::Alert],
 ) -> String {
     let mut s = format!(
         "# Quality summary {:04}-{:02}\n\nFile: `{}` (format `{}`), sha256 `{}`\n\nDue: {} (5th business day of the next month){}\n\n",
@@ -449,7 +464,22 @@ fn quality_summary(
             .collect();
         s.push_str(&format!(" ({})", list.join(", ")));
     }
-    s.push_str("\n\nAlerts of the month: see `jinryu check --from <first day> --to <last day>` and `jinryu faults`.\n");
+    s.push_str(&format!(
+        "\n\nAlerts of the month (from `jinryu check`): {}\n",
+        alerts.len()
+    ));
+    for a in alerts {
+        s.push_str(&format!(
+            "- {} {} {} {} → {} ({}): {}\n",
+            a.severity,
+            a.kind,
+            a.sensor_id.as_deref().unwrap_or("-"),
+            a.start,
+            a.end,
+            a.status,
+            a.evidence["detail"].as_str().unwrap_or("")
+        ));
+    }
     s
 }
 

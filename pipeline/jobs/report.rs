@@ -207,7 +207,35 @@ fn heat_map(grid: &MonthGrid) -> DrawResult<String> {
 }
 
 /// The whole report as one HTML document.
-pub fn html(grid: &MonthGrid, out: &MonthlyOutput, facility: &str) -> DrawResult<String> {
+pub fn html(
+    grid: &MonthGrid,
+    out: &MonthlyOutput,
+    facility: &str,
+    alerts: &[crate::alerts::Alert],
+) -> DrawResult<String> {
+    let mut alert_rows = String::new();
+    for a in alerts {
+        alert_rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&a.severity),
+            escape(&a.kind),
+            escape(a.sensor_id.as_deref().unwrap_or("-")),
+            escape(&a.start),
+            escape(&a.end),
+            escape(&a.status),
+            escape(a.evidence["detail"].as_str().unwrap_or(""))
+        ));
+    }
+    let alerts_html = if alerts.is_empty() {
+        format!(
+            "<p>No alerts stored for this month (run <code>jinryu check --from {:04}-{:02}-01</code> to check it).</p>",
+            grid.year, grid.month
+        )
+    } else {
+        format!(
+            "<table><tr><th>severity</th><th>kind</th><th>sensor</th><th>start</th><th>end</th><th>status</th><th>evidence</th></tr>\n{alert_rows}</table>"
+        )
+    };
     let daily = daily_chart(grid)?;
     let heat = heat_map(grid)?;
     let mut coverage = String::new();
@@ -248,7 +276,7 @@ Cells (sensor × direction × window): {rows} — measured {ok}, estimated {est}
 <table><tr><th>sensor</th><th>array</th><th>direction</th><th>open windows</th><th>measured</th><th>estimated</th><th>missing</th><th>coverage</th></tr>
 {coverage}</table>
 <h2>Alerts of the month</h2>
-<p>Not included in this report yet: run <code>jinryu check --from {year:04}-{month:02}-01</code> and <code>jinryu faults --month {year:04}-{month:02}</code>.</p>
+{alerts_html}
 </body></html>
 "#,
         facility = escape(facility),
