@@ -293,6 +293,47 @@ async fn a_clean_month_and_a_quiet_holiday_raise_nothing_and_a_spike_is_caught()
     );
 }
 
+#[tokio::test]
+async fn a_sensor_whose_share_of_its_array_drifts_is_caught() {
+    // Clean October; on Thursday 22 October J2-2 also counts a neighbour's lane: 1000 extra
+    // people every half hour from 08:00 to 18:00 (its usual share of J2 is about a fifth).
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    let mut opts = simulate::options(2026, 10);
+    opts.faults = false;
+    let mut sim = Simulator::new(&cfg, opts);
+    let mut input = String::new();
+    sim.read_to_string(&mut input).unwrap();
+    load(&storage, &cfg, input, "clean").await;
+    let mut extra = String::new();
+    for half_hour in 16..36 {
+        extra.push_str(&format!(
+            "{{\"sensor_id\":\"J2-2\",\"ts\":{},\"direction\":\"south\",\"count\":1000}}\n",
+            at(22, half_hour / 2, 30 * (half_hour % 2) + 7)
+        ));
+    }
+    load(&storage, &cfg, extra, "lane").await;
+    let run = check(&storage, &cfg, d(2026, 10, 12), d(2026, 10, 31)).await;
+    let a = find(&run.all, "array_share_drift", Some("J2-2"));
+    assert_eq!(cfg.window.local(a.start_ms).date_naive(), d(2026, 10, 22));
+    let (value, usual) = (
+        a.evidence["value"].as_f64().unwrap(),
+        a.evidence["baseline"].as_f64().unwrap(),
+    );
+    assert!((0.15..0.25).contains(&usual), "usual share {usual}");
+    assert!(value > usual + 0.10, "share {value}");
+    // Only that sensor and that day drift (the others' shares shrink less than the threshold).
+    assert_eq!(
+        run.all
+            .iter()
+            .filter(|a| a.kind == "array_share_drift")
+            .count(),
+        1,
+        "{:#?}",
+        run.all
+    );
+}
+
 /// A tiny HTTP server on loopback that records POST bodies.
 fn http_server() -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

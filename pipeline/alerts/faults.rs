@@ -9,12 +9,13 @@ use crate::calendar;
 use crate::config::Config;
 
 /// Kinds that are faults to report (data-level notices such as late_rate are not).
-const FAULT_KINDS: [&str; 6] = [
+const FAULT_KINDS: [&str; 7] = [
     "sensor_offline",
     "silent_but_alive",
     "stuck_count",
     "direction_dead",
     "implausible_level",
+    "array_share_drift",
     "clock_skew",
 ];
 
@@ -26,6 +27,7 @@ fn what(a: &Alert) -> String {
         "stuck_count" => format!("{who}: counter stuck on one value"),
         "direction_dead" => format!("{who}: one direction not counting"),
         "implausible_level" => format!("{who}: implausible count level"),
+        "array_share_drift" => format!("{who}: share of its array drifted"),
         "clock_skew" => "gateway clock wrong: messages quarantined".to_string(),
         other => format!("{who}: {other}"),
     }

@@ -41,6 +41,8 @@ pub struct Thresholds {
     pub level_min_delta: u32,
     /// Days of history for baselines.
     pub history_days: u32,
+    /// `array_share_drift`: largest acceptable change of a sensor's daily share of its array.
+    pub share_drift: f64,
     /// `late_rate`: largest acceptable share of late messages in a day.
     pub late_rate: f64,
 }
@@ -56,6 +58,7 @@ impl Default for Thresholds {
             level_k: 6.0,
             level_min_delta: 40,
             history_days: 28,
+            share_drift: 0.10,
             late_rate: 0.05,
         }
     }
@@ -72,7 +75,7 @@ pub struct Check {
 }
 
 /// Every check, in the order they run.
-pub const CHECKS: [Check; 7] = [
+pub const CHECKS: [Check; 8] = [
     Check {
         kind: "sensor_offline",
         sql: include_str!("../../sql/checks/sensor_offline.sql"),
@@ -107,6 +110,13 @@ pub const CHECKS: [Check; 7] = [
         severity: "warning",
         action: "Compare with the other sensors of the array and with known events (festivals, works, closures); if nothing explains it, inspect the sensor.",
         per_window: true,
+    },
+    Check {
+        kind: "array_share_drift",
+        sql: include_str!("../../sql/checks/array_share_drift.sql"),
+        severity: "warning",
+        action: "The sensor's share of its array changed: check its head for partial obstruction or misalignment, and whether people now pass under a different sensor (works, barriers, signage).",
+        per_window: false,
     },
     Check {
         kind: "clock_skew",
@@ -227,6 +237,7 @@ fn fill(
         .replace("{{level_k}}", &format!("{:.6}", t.level_k))
         .replace("{{level_min_delta}}", &t.level_min_delta.to_string())
         .replace("{{late_rate}}", &format!("{:.6}", t.late_rate))
+        .replace("{{share_drift}}", &format!("{:.6}", t.share_drift))
 }
 
 /// Runs every check over the local dates `[from, to]` and returns the incidents.
