@@ -87,6 +87,20 @@ async fn load(storage: &Storage, cfg: &Config, input: String, source: &str) {
     .unwrap();
 }
 
+/// A clean simulated October (no injected faults) in memory.
+async fn clean_october() -> (Config, Storage) {
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    let mut opts = simulate::options(2026, 10);
+    opts.faults = false;
+    let mut input = String::new();
+    Simulator::new(&cfg, opts)
+        .read_to_string(&mut input)
+        .unwrap();
+    load(&storage, &cfg, input, "clean").await;
+    (cfg, storage)
+}
+
 async fn check(storage: &Storage, cfg: &Config, from: NaiveDate, to: NaiveDate) -> alerts::Changes {
     let ctx = jobs::context(cfg, storage).await.unwrap();
     let incidents = checks::run_checks(&ctx, cfg, &cfg.checks, from, to)
@@ -261,14 +275,7 @@ async fn a_clean_month_and_a_quiet_holiday_raise_nothing_and_a_spike_is_caught()
     // A clean simulated October. The first eleven days give the baselines; 12-31 October is
     // checked with every check, implausible_level included. Monday 12 October is Sports Day, a
     // quiet holiday: compared with holidays and weekends, not with busy Mondays.
-    let cfg = Config::chikaho("memory://");
-    let storage = Storage::open("memory://").unwrap();
-    let mut opts = simulate::options(2026, 10);
-    opts.faults = false;
-    let mut sim = Simulator::new(&cfg, opts);
-    let mut input = String::new();
-    sim.read_to_string(&mut input).unwrap();
-    load(&storage, &cfg, input, "clean").await;
+    let (cfg, storage) = clean_october().await;
     let run = check(&storage, &cfg, d(2026, 10, 12), d(2026, 10, 31)).await;
     assert!(run.all.is_empty(), "{:#?}", run.all);
 
@@ -297,14 +304,7 @@ async fn a_clean_month_and_a_quiet_holiday_raise_nothing_and_a_spike_is_caught()
 async fn a_sensor_whose_share_of_its_array_drifts_is_caught() {
     // Clean October; on Thursday 22 October J2-2 also counts a neighbour's lane: 1000 extra
     // people every half hour from 08:00 to 18:00 (its usual share of J2 is about a fifth).
-    let cfg = Config::chikaho("memory://");
-    let storage = Storage::open("memory://").unwrap();
-    let mut opts = simulate::options(2026, 10);
-    opts.faults = false;
-    let mut sim = Simulator::new(&cfg, opts);
-    let mut input = String::new();
-    sim.read_to_string(&mut input).unwrap();
-    load(&storage, &cfg, input, "clean").await;
+    let (cfg, storage) = clean_october().await;
     let mut extra = String::new();
     for half_hour in 16..36 {
         extra.push_str(&format!(

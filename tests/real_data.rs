@@ -134,7 +134,16 @@ fn expected_month(
 }
 
 /// Ingests and returns what `flow_15min` says per hour, plus the sensors that have any row.
-async fn replay(config: &str, input: String) -> (Hourly, std::collections::BTreeSet<String>, u64) {
+async fn replay(
+    config: &str,
+    input: String,
+) -> (
+    Hourly,
+    std::collections::BTreeSet<String>,
+    u64,
+    Config,
+    Storage,
+) {
     let cfg = Config::parse(config, "test").unwrap();
     let storage = Storage::open("memory://").unwrap();
     let report = ingest(
@@ -173,7 +182,7 @@ async fn replay(config: &str, input: String) -> (Hourly, std::collections::BTree
             );
         }
     }
-    (got, sensors, report.people)
+    (got, sensors, report.people, cfg, storage)
 }
 
 #[tokio::test]
@@ -226,7 +235,7 @@ id = "BGT"
 array = "Burke-Gilman"
 directions = ["ped_south", "ped_north", "bike_north", "bike_south"]
 "#;
-    let (got, _, people) = replay(config, input.clone()).await;
+    let (got, _, people, cfg, storage) = replay(config, input).await;
     assert_eq!(got, want);
     assert_eq!(people, grand_total);
     assert_eq!(
@@ -236,16 +245,6 @@ directions = ["ped_south", "ped_north", "bike_north", "bike_south"]
     );
 
     // The deliverable (long format) of each month: hourly sums equal the dataset's, zeros included.
-    let cfg = Config::parse(config, "test").unwrap();
-    let storage = Storage::open("memory://").unwrap();
-    ingest(
-        &cfg,
-        &storage,
-        Box::new(std::io::Cursor::new(input.into_bytes())),
-        &IngestOptions::new("real"),
-    )
-    .await
-    .unwrap();
     for (y, m, hours) in [(2018, 12, 744), (2019, 1, 744), (2019, 2, 672)] {
         let (hourly, _) = deliverable_hourly(&cfg, &storage, y, m).await;
         assert_eq!(hourly.len(), hours * 4);
@@ -307,7 +306,7 @@ async fn dlr_footfall_counts_come_back_and_blank_counters_stay_missing() {
             id(k)
         ));
     }
-    let (got, live_sensors, people) = replay(&config, input.clone()).await;
+    let (got, live_sensors, people, cfg, storage) = replay(&config, input).await;
     assert_eq!(got, want);
     assert_eq!(people, totals);
     // The three Wyattville counters are blank in every row: no row at all, i.e. missing.
@@ -323,16 +322,6 @@ async fn dlr_footfall_counts_come_back_and_blank_counters_stay_missing() {
 
     // The deliverable (long format) of January: hourly sums equal the dataset's hourly counts,
     // and the blank counters are missing in every window — never 0.
-    let cfg = Config::parse(&config, "test").unwrap();
-    let storage = Storage::open("memory://").unwrap();
-    ingest(
-        &cfg,
-        &storage,
-        Box::new(std::io::Cursor::new(input.into_bytes())),
-        &IngestOptions::new("real"),
-    )
-    .await
-    .unwrap();
     let (hourly, missing) = deliverable_hourly(&cfg, &storage, 2025, 1).await;
     assert_eq!(hourly, expected_month(&want, tz, 2025, 1));
     for b in &blank {
