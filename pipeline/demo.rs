@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, BooleanArray, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{BooleanArray, Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::prelude::SessionContext;
 
 use crate::config::Config;
@@ -54,36 +54,12 @@ pub async fn verify(
     let mut v = Verification::default();
     let mut seen: HashMap<(u32, i64), usize> = HashMap::new();
     for b in &batches {
-        let sensor = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("sensor_id");
-        let dir = b
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("direction");
-        let ws = b
-            .column(2)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .expect("window_start");
-        let count = b
-            .column(3)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("count");
-        let up = b
-            .column(4)
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .expect("up");
-        let late = b
-            .column(5)
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .expect("has_late");
+        let sensor = jobs::column::<StringArray>(b, 0);
+        let dir = jobs::column::<StringArray>(b, 1);
+        let ws = jobs::column::<TimestampMillisecondArray>(b, 2);
+        let count = jobs::column::<Int64Array>(b, 3);
+        let up = jobs::column::<BooleanArray>(b, 4);
+        let late = jobs::column::<BooleanArray>(b, 5);
         for i in 0..b.num_rows() {
             v.keys += 1;
             let Some(s) = reg.lookup(sensor.value(i)) else {

@@ -117,6 +117,18 @@ pub async fn context(cfg: &Config, storage: &Storage) -> anyhow::Result<SessionC
     Ok(ctx)
 }
 
+/// Column `i` of a query result as its concrete Arrow array type (the job's SQL fixes the types;
+/// a mismatch is a bug, so it panics naming the column).
+pub fn column<T: 'static>(b: &RecordBatch, i: usize) -> &T {
+    b.column(i).as_any().downcast_ref::<T>().unwrap_or_else(|| {
+        panic!(
+            "column {i} (`{}`) has type {}",
+            b.schema().field(i).name(),
+            b.column(i).data_type()
+        )
+    })
+}
+
 /// Runs an analyst's query and returns its batches.
 pub async fn query(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
     let df = ctx.sql(sql).await.map_err(|e| {

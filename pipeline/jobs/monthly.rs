@@ -120,7 +120,17 @@ pub async fn month_rows(
     year: i32,
     month: u32,
 ) -> anyhow::Result<Vec<RecordBatch>> {
-    register_month_windows(ctx, &month_windows(cfg, year, month))?;
+    rows_for(ctx, &month_windows(cfg, year, month), year, month).await
+}
+
+/// The long-layout rows for the given windows of a month.
+async fn rows_for(
+    ctx: &SessionContext,
+    windows: &[WindowInfo],
+    year: i32,
+    month: u32,
+) -> anyhow::Result<Vec<RecordBatch>> {
+    register_month_windows(ctx, windows)?;
     let (from, next) = month_bounds(year, month);
     let to = next.pred_opt().expect("a day before the next month");
     let sql = fill_dates(super::MONTHLY_LONG_SQL, from, to);
@@ -147,16 +157,12 @@ pub async fn month_grid(
             })
         })
         .collect();
-    let batches = month_rows(ctx, cfg, year, month).await?;
+    let batches = rows_for(ctx, &windows, year, month).await?;
     let mut cells = Vec::with_capacity(windows.len() * series.len());
     for b in &batches {
         let count = arrow::compute::cast(b.column(5), &DataType::Int64)?;
         let count = count.as_any().downcast_ref::<Int64Array>().expect("int64");
-        let status = b
-            .column(6)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("status");
+        let status = super::column::<StringArray>(b, 6);
         for i in 0..b.num_rows() {
             cells.push(match status.value(i) {
                 "ok" => Cell::Ok(count.value(i) as u64),
@@ -206,26 +212,10 @@ pub async fn array_shares(
     // window → series → count
     let mut by_window: BTreeMap<i64, Vec<Option<u64>>> = BTreeMap::new();
     for b in &batches {
-        let s = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("sensor_id");
-        let d = b
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("direction");
-        let ws = b
-            .column(2)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .expect("ws");
-        let c = b
-            .column(3)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("count");
+        let s = super::column::<StringArray>(b, 0);
+        let d = super::column::<StringArray>(b, 1);
+        let ws = super::column::<TimestampMillisecondArray>(b, 2);
+        let c = super::column::<Int64Array>(b, 3);
         for i in 0..b.num_rows() {
             if let Some(&si) = index.get(&(s.value(i), d.value(i))) {
                 by_window
@@ -395,16 +385,8 @@ async fn quarantined_in_month(
     );
     let mut out = BTreeMap::new();
     for b in ctx.sql(&sql).await?.collect().await? {
-        let r = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("reason");
-        let n = b
-            .column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("n");
+        let r = super::column::<StringArray>(&b, 0);
+        let n = super::column::<Int64Array>(&b, 1);
         for i in 0..b.num_rows() {
             out.insert(r.value(i).to_string(), n.value(i) as u64);
         }

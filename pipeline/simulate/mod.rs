@@ -162,15 +162,7 @@ impl Simulator {
         let mut t = start;
         while t < end {
             let local = spec.local(t);
-            let minute_of_day = local.hour() * 60 + local.minute();
-            let open = !spec.closed.iter().any(|c| {
-                if c.from_min < c.to_min {
-                    (c.from_min..c.to_min).contains(&minute_of_day)
-                } else {
-                    minute_of_day >= c.from_min || minute_of_day < c.to_min
-                }
-            });
-            if open {
+            if !spec.closed_at(t) {
                 for (si, sensor) in reg.sensors().iter().enumerate() {
                     let si = si as u32;
                     if silent.is_some_and(|(s, a, b)| s == Some(si) && t >= a && t < b) {

@@ -39,6 +39,15 @@ impl ClosedHours {
         Ok(ClosedHours { from_min, to_min })
     }
 
+    /// Whether the local minute of the day `m` is inside the closure.
+    pub fn contains_minute(&self, m: u32) -> bool {
+        if self.from_min < self.to_min {
+            (self.from_min..self.to_min).contains(&m)
+        } else {
+            m >= self.from_min || m < self.to_min
+        }
+    }
+
     /// Whether the local span `[start, end)` (minutes after midnight; `end` may exceed 1440 when
     /// the span crosses midnight) lies entirely inside the closure.
     fn covers(&self, start: u32, end: u32) -> bool {
@@ -118,6 +127,13 @@ impl WindowSpec {
             e += 1440;
         }
         self.closed.iter().any(|c| c.covers(s, e))
+    }
+
+    /// Whether the facility is closed at the instant `utc_ms`.
+    pub fn closed_at(&self, utc_ms: i64) -> bool {
+        let t = self.local(utc_ms);
+        let m = t.hour() * 60 + t.minute();
+        self.closed.iter().any(|c| c.contains_minute(m))
     }
 
     /// The first instant of a local date (midnight, or the first valid time after a gap).
