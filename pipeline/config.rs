@@ -68,6 +68,16 @@ struct RawConfig {
     #[serde(default)]
     sensors: Vec<RawSensor>,
     kafka: Option<RawKafka>,
+    service: Option<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawService {
+    listen: Option<String>,
+    idle_timeout: Option<String>,
+    flush_interval: Option<String>,
+    checkpoint_interval: Option<String>,
+    stall_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,12 +133,96 @@ struct RawSensor {
     directions: Option<Vec<String>>,
 }
 
-/// Kafka settings: parsed and validated now so the names stay stable; used by `jinryu run`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub struct RawKafka {
-    pub brokers: Option<String>,
-    pub topic: Option<String>,
-    pub group: Option<String>,
+/// `[kafka]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct RawKafka {
+    brokers: Option<String>,
+    topic: Option<String>,
+    group: Option<String>,
+    security_protocol: Option<String>,
+    sasl_mechanism: Option<String>,
+    sasl_username: Option<String>,
+    sasl_password_env: Option<String>,
+    sasl_password_file: Option<String>,
+    ssl_ca_location: Option<String>,
+    ssl_certificate_location: Option<String>,
+    ssl_key_location: Option<String>,
+    ssl_key_password_env: Option<String>,
+    ssl_key_password_file: Option<String>,
+    properties: Option<std::collections::BTreeMap<String, toml::Value>>,
+}
+
+/// Where a secret comes from. The value itself is read when the service starts and never appears
+/// in the configuration, logs, errors or `--help`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// An environment variable's name.
+    Env(String),
+    /// A file's path (its content, without a trailing newline).
+    File(std::path::PathBuf),
+}
+
+impl Secret {
+    /// Reads the secret; the error names where it was looked for, never a value.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Secret::Env(name) => std::env::var(name)
+                .map_err(|_| format!("the environment variable {name} is not set (or not UTF-8)")),
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("cannot read the secret file {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Validated `[kafka]`: what `jinryu run` and `jinryu simulate --kafka` connect with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    /// librdkafka properties (`security.protocol`, `sasl.mechanism`, `[kafka.properties]` ...),
+    /// without secrets.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets, and where each comes from.
+    pub secrets: Vec<(String, Secret)>,
+}
+
+/// librdkafka properties that hold secrets: refused in `[kafka.properties]` (use the `*_env` /
+/// `*_file` keys) and masked wherever properties are shown.
+pub const SECRET_PROPERTIES: [&str; 5] = [
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.client.secret",
+];
+
+/// Validated `[service]`: the running service's clocks and its monitoring endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// Address of `/healthz` and `/metrics` (loopback by default).
+    pub listen: std::net::SocketAddr,
+    /// A partition that has been quiet this long moves its event time by wall clock.
+    pub idle_timeout_ms: i64,
+    /// Final rows wait at most this long before they are written.
+    pub flush_interval_ms: i64,
+    /// A partition that consumed anything is checkpointed at least this often.
+    pub checkpoint_interval_ms: i64,
+    /// Raise a pipeline alert when records wait but nothing was committed for this long.
+    pub stall_after_ms: i64,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            listen: "127.0.0.1:9464".parse().expect("address"),
+            idle_timeout_ms: 120_000,
+            flush_interval_ms: 10_000,
+            checkpoint_interval_ms: 30_000,
+            stall_after_ms: 600_000,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,7 +317,10 @@ pub struct Config {
     pub limits: Limits,
     pub roll_rows: usize,
     pub registry: SensorRegistry,
-    pub kafka: Option<RawKafka>,
+    /// `[kafka]`, if present.
+    pub kafka: Option<KafkaSettings>,
+    /// `[service]` (defaults when absent).
+    pub service: ServiceSettings,
     /// Thresholds of `jinryu check` (`[checks]`).
     pub checks: crate::jobs::checks::Thresholds,
     /// Alert routes (`[alerts]`).
@@ -275,7 +372,7 @@ impl Config {
             .map(|key| ConfigProblem {
                 message: format!(
                     "unknown key `{key}`; remove it or check its spelling (known sections: timezone, \
-                     storage, window, facility, validation, sink, checks, alerts, sensors, kafka)"
+                     storage, window, facility, validation, sink, checks, alerts, sensors, kafka, service)"
                 ),
                 key,
             })
@@ -541,11 +638,8 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         webhook,
     };
 
-    if let Some(k) = &raw.kafka
-        && k.topic.as_deref().is_some_and(str::is_empty)
-    {
-        problem(problems, "kafka.topic", "must not be empty");
-    }
+    let kafka = raw.kafka.map(|k| validate_kafka(k, problems));
+    let service = validate_service(raw.service.unwrap_or_default(), problems);
 
     Some(Config {
         facility_name,
@@ -555,9 +649,211 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         limits,
         roll_rows,
         registry: SensorRegistry::new(sensors),
-        kafka: raw.kafka,
+        kafka: kafka.flatten(),
+        service: service?,
         checks,
         alerts,
+    })
+}
+
+fn validate_kafka(k: RawKafka, problems: &mut Vec<ConfigProblem>) -> Option<KafkaSettings> {
+    use std::collections::BTreeMap;
+    let mut ok = true;
+    let mut required = |key: &str, v: Option<String>, example: &str| match v {
+        Some(v) if !v.trim().is_empty() => v,
+        _ => {
+            problem(
+                problems,
+                format!("kafka.{key}"),
+                format!("is required for the Kafka service; e.g. {key} = \"{example}\""),
+            );
+            ok = false;
+            String::new()
+        }
+    };
+    let brokers = required("brokers", k.brokers, "127.0.0.1:9092");
+    let topic = required("topic", k.topic, "jinryu.events");
+    let group = k.group.unwrap_or_else(|| "jinryu".to_string());
+    let mut properties = BTreeMap::new();
+    let mut secrets = Vec::new();
+    if let Some(p) = k.security_protocol {
+        let lower = p.to_ascii_lowercase();
+        if ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&lower.as_str()) {
+            properties.insert("security.protocol".to_string(), lower);
+        } else {
+            problem(
+                problems,
+                "kafka.security_protocol",
+                format!("`{p}`: use plaintext, ssl, sasl_plaintext or sasl_ssl"),
+            );
+            ok = false;
+        }
+    }
+    if let Some(m) = k.sasl_mechanism {
+        let upper = m.to_ascii_uppercase();
+        if [
+            "PLAIN",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-512",
+            "OAUTHBEARER",
+            "GSSAPI",
+        ]
+        .contains(&upper.as_str())
+        {
+            properties.insert("sasl.mechanism".to_string(), upper);
+        } else {
+            problem(
+                problems,
+                "kafka.sasl_mechanism",
+                format!("`{m}`: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+            );
+            ok = false;
+        }
+    }
+    if let Some(u) = k.sasl_username {
+        properties.insert("sasl.username".to_string(), u);
+    }
+    for (key, value) in [
+        ("ssl_ca_location", k.ssl_ca_location),
+        ("ssl_certificate_location", k.ssl_certificate_location),
+        ("ssl_key_location", k.ssl_key_location),
+    ] {
+        if let Some(v) = value {
+            properties.insert(key.replace('_', "."), v);
+        }
+    }
+    for (prop, env, file, key) in [
+        (
+            "sasl.password",
+            k.sasl_password_env,
+            k.sasl_password_file,
+            "sasl_password",
+        ),
+        (
+            "ssl.key.password",
+            k.ssl_key_password_env,
+            k.ssl_key_password_file,
+            "ssl_key_password",
+        ),
+    ] {
+        match (env, file) {
+            (Some(_), Some(_)) => {
+                problem(
+                    problems,
+                    format!("kafka.{key}_env"),
+                    format!("set either {key}_env or {key}_file, not both"),
+                );
+                ok = false;
+            }
+            (Some(e), None) => secrets.push((prop.to_string(), Secret::Env(e))),
+            (None, Some(f)) => secrets.push((prop.to_string(), Secret::File(f.into()))),
+            (None, None) => {}
+        }
+    }
+    for (key, value) in k.properties.unwrap_or_default() {
+        let path = format!("kafka.properties.\"{key}\"");
+        if SECRET_PROPERTIES.contains(&key.as_str()) {
+            problem(
+                problems,
+                path,
+                "secrets do not belong in the configuration file; use sasl_password_env / \
+                 sasl_password_file or ssl_key_password_env / ssl_key_password_file",
+            );
+            ok = false;
+            continue;
+        }
+        if ["group.id", "bootstrap.servers", "enable.auto.commit"].contains(&key.as_str()) {
+            problem(
+                problems,
+                path,
+                "is set by jinryu (use kafka.brokers / kafka.group; offsets are committed by \
+                 jinryu after the data is stored)",
+            );
+            ok = false;
+            continue;
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                problem(
+                    problems,
+                    path,
+                    format!("`{other}`: librdkafka properties are strings, numbers or booleans"),
+                );
+                ok = false;
+                continue;
+            }
+        };
+        properties.insert(key, text);
+    }
+    ok.then_some(KafkaSettings {
+        brokers,
+        topic,
+        group,
+        properties,
+        secrets,
+    })
+}
+
+fn validate_service(s: RawService, problems: &mut Vec<ConfigProblem>) -> Option<ServiceSettings> {
+    let d = ServiceSettings::default();
+    let listen = match s.listen {
+        None => Some(d.listen),
+        Some(text) => match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problem(
+                    problems,
+                    "service.listen",
+                    format!("`{text}` is not an address; write e.g. \"127.0.0.1:9464\""),
+                );
+                None
+            }
+        },
+    };
+    let idle = duration_ms(
+        problems,
+        "service.idle_timeout",
+        s.idle_timeout.as_deref(),
+        "2m",
+    );
+    let flush = duration_ms(
+        problems,
+        "service.flush_interval",
+        s.flush_interval.as_deref(),
+        "10s",
+    );
+    let ckpt = duration_ms(
+        problems,
+        "service.checkpoint_interval",
+        s.checkpoint_interval.as_deref(),
+        "30s",
+    );
+    let stall = duration_ms(
+        problems,
+        "service.stall_after",
+        s.stall_after.as_deref(),
+        "10m",
+    );
+    for (key, v) in [
+        ("service.idle_timeout", idle),
+        ("service.flush_interval", flush),
+        ("service.checkpoint_interval", ckpt),
+        ("service.stall_after", stall),
+    ] {
+        if v == Some(0) {
+            problem(problems, key, "must be longer than zero");
+        }
+    }
+    Some(ServiceSettings {
+        listen: listen?,
+        idle_timeout_ms: idle?,
+        flush_interval_ms: flush?,
+        checkpoint_interval_ms: ckpt?,
+        stall_after_ms: stall?,
     })
 }
 

@@ -4,15 +4,18 @@
 //! The modules follow an event's path:
 //!
 //! ```text
-//! source/   JSON lines (file, stdin, simulator) cut into chunks, decoded in parallel, in order
+//! source/   JSON lines (file, stdin, simulator) cut into chunks, decoded in parallel, in order;
+//!           Kafka records (the service) with their key, value, partition and offset
 //! event/    decode + validate against schemas/sensor-event.schema.json → Event | Rejection
 //! quarantine.rs   rejected messages with reason, position and payload head
 //! window/   dedup of retries, event-time tumbling windows, watermark, late rows, liveness
-//! sink/     rows → Arrow → Parquet objects on object storage, named by what was consumed
+//! sink/     rows → Arrow → Parquet objects on object storage, named by what was consumed;
+//!           per-partition checkpoints (offset + window state) of the service
 //! jobs/     DataFusion SQL over the stored tables (sql/*.sql): flow_15min, the monthly deliverable,
 //!           the data-quality checks (sql/checks/*.sql)
 //! alerts/   checks' incidents → alerts with stable ids and state → stdout, log file, webhook
 //! ingest.rs one run of the pipeline with its accounting; demo.rs and simulate/ the embedded default
+//! service/  `jinryu run`: the Kafka consumer group, clocks, commits, /healthz and /metrics
 //! ```
 //!
 //! `config.rs` is read once at start and hands each stage its typed settings.
@@ -25,6 +28,7 @@ pub mod event;
 pub mod ingest;
 pub mod jobs;
 pub mod quarantine;
+pub mod service;
 pub mod simulate;
 pub mod sink;
 pub mod source;

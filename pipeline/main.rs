@@ -23,6 +23,8 @@ const AFTER_HELP: &str = "\
 Start here:
   jinryu demo                      simulate a month of the Sapporo Chi-Ka-Ho walkway end to end
   jinryu ingest --config jinryu.toml --input events.jsonl
+  jinryu run --config jinryu.toml  the Kafka service (consumer group → Parquet), /metrics
+  jinryu simulate --config jinryu.toml --kafka --rate 1000   load a topic like the gateways do
   jinryu monthly --config jinryu.toml --month 2026-11 [--format formats/sapporo-wide.toml]
   jinryu calendar --month 2026-11  business days and deadlines
   jinryu check --config jinryu.toml [--from 2026-11-01 --to 2026-11-30]   data-quality alerts
@@ -89,11 +91,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write simulated gateway messages (JSON lines) to stdout, e.g. to pipe into `ingest`.
+    /// The service: consume the Kafka topic of [kafka] as a consumer group and write the
+    /// aggregates continuously.
+    ///
+    /// Each assigned partition is decoded, windowed and written like `ingest`, and committed in
+    /// epochs: the Parquet objects first, then a checkpoint (_checkpoints/kafka-TOPIC-P.json) with
+    /// the next offset and the open windows, then the Kafka offset. After a crash, restart or
+    /// rebalance every record is counted exactly once. Windows close by event time (heartbeats) and,
+    /// on a quiet partition, by wall clock after service.idle_timeout. Bad records go to quarantine
+    /// with topic, partition and offset. GET /healthz and /metrics (Prometheus) are served on
+    /// service.listen. SIGTERM or Ctrl-C: commit every partition, leave the group, exit 0.
+    /// Secrets (sasl_password_env/_file) are read at start and never printed.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Simulated gateway messages (JSON lines): to stdout, e.g. to pipe into `ingest`, or
+    /// published to the configured Kafka topic with --kafka (keyed by sensor_id).
     Simulate {
-        /// Configuration whose sensors to simulate [default: the embedded Chi-Ka-Ho config]
+        /// Configuration whose sensors to simulate (and whose [kafka] to publish to)
+        /// [default: the embedded Chi-Ka-Ho config]
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Publish to the [kafka] topic of --config instead of writing to stdout
+        #[arg(long)]
+        kafka: bool,
+        /// With --kafka: records per second [default: as fast as the broker takes them]
+        #[arg(long)]
+        rate: Option<f64>,
+        /// With --kafka: publish the JSON lines of this file ('-' = stdin) instead of simulating
+        #[arg(long)]
+        input: Option<String>,
         /// Month to simulate, YYYY-MM [default: the last complete month]
         #[arg(long, value_parser = month_arg)]
         month: Option<(i32, u32)>,
@@ -304,6 +332,62 @@ async fn run_checks(
     jinryu::alerts::merge(storage, found, start, end).await
 }
 
+/// `jinryu run`: the consumer on its own thread, /healthz and /metrics and the signals here.
+async fn run_service(cfg: Config) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let storage = Storage::open(&cfg.storage_url)?;
+    let ids = cfg
+        .registry
+        .sensors()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    let metrics = jinryu::service::metrics::Metrics::new(ids);
+    let addr = jinryu::service::metrics::serve(metrics.clone(), cfg.service.listen).await?;
+    eprintln!("jinryu run: /healthz and /metrics on http://{addr}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Handle::current();
+    let worker = {
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("jinryu-consumer".into())
+            .spawn(move || {
+                let r = jinryu::service::run(cfg, storage, rt, metrics.clone(), stop);
+                if let Err(e) = &r {
+                    metrics.fail(format!("{e:#}"));
+                }
+                r
+            })?
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let finished = tokio::task::spawn_blocking(move || worker.join());
+    tokio::pin!(finished);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+        r = &mut finished => {
+            return match r? {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(anyhow::anyhow!("the consumer thread panicked")),
+            };
+        }
+    }
+    eprintln!("jinryu run: stopping (committing every partition) ...");
+    stop.store(true, Ordering::Relaxed);
+    match finished.await? {
+        Ok(r) => {
+            let s = r?;
+            eprintln!(
+                "jinryu run: stopped cleanly; {} partition(s) committed",
+                s.partitions_committed
+            );
+            Ok(())
+        }
+        Err(_) => Err(anyhow::anyhow!("the consumer thread panicked")),
+    }
+}
+
 fn default_source_id(input: &str) -> String {
     if input == "-" {
         return format!("stdin-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
@@ -433,8 +517,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Run { config } => {
+            let cfg = config.load()?;
+            run_service(cfg).await
+        }
         Command::Simulate {
             config,
+            kafka,
+            rate,
+            input,
             month,
             seed,
             no_faults,
@@ -444,6 +535,44 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(p) => Config::load(&p)?,
                 None => Config::chikaho("memory://"),
             };
+            if kafka || input.is_some() {
+                anyhow::ensure!(kafka, "--input is only for --kafka (publishing a file)");
+                let settings = cfg.kafka.clone().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--kafka needs a --config with a [kafka] section (brokers, topic)"
+                    )
+                })?;
+                let reader: Box<dyn std::io::BufRead + Send> = match input.as_deref() {
+                    Some("-") => Box::new(std::io::BufReader::new(std::io::stdin())),
+                    Some(path) => Box::new(std::io::BufReader::new(
+                        std::fs::File::open(path)
+                            .with_context(|| format!("cannot open --input {path}"))?,
+                    )),
+                    None => {
+                        let (year, month) = month.unwrap_or_else(|| last_month(&cfg));
+                        let mut opts = simulate::options(year, month);
+                        opts.seed = seed;
+                        opts.faults = !no_faults;
+                        opts.walkers_per_day = walkers;
+                        Box::new(std::io::BufReader::with_capacity(
+                            1 << 20,
+                            Simulator::new(&cfg, opts),
+                        ))
+                    }
+                };
+                let p = tokio::task::spawn_blocking(move || {
+                    simulate::publish::publish(&settings, reader, rate)
+                })
+                .await??;
+                println!(
+                    "published {} records to {} ({} not delivered)",
+                    p.delivered,
+                    cfg.kafka.as_ref().map_or("", |k| k.topic.as_str()),
+                    p.failed
+                );
+                anyhow::ensure!(p.failed == 0, "{} records were not delivered", p.failed);
+                return Ok(());
+            }
             let (year, month) = month.unwrap_or_else(|| last_month(&cfg));
             let mut opts = simulate::options(year, month);
             opts.seed = seed;

@@ -48,10 +48,14 @@ pub enum Reason {
     CodeTooLong,
     /// A field of the other kind: a heartbeat with `count`/`direction`, or a count with `status`.
     FieldNotAllowed,
+    /// A Kafka record without a value (a tombstone): nothing to count.
+    Tombstone,
+    /// A Kafka record whose key (the sensor id) is not valid UTF-8.
+    InvalidKey,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::InvalidUtf8,
@@ -73,6 +77,8 @@ impl Reason {
         Reason::InvalidStatus,
         Reason::CodeTooLong,
         Reason::FieldNotAllowed,
+        Reason::Tombstone,
+        Reason::InvalidKey,
     ];
 
     /// The stable code stored in the quarantine table's `reason` column.
@@ -99,6 +105,8 @@ impl Reason {
             Reason::InvalidStatus => "invalid_status",
             Reason::CodeTooLong => "code_too_long",
             Reason::FieldNotAllowed => "field_not_allowed",
+            Reason::Tombstone => "tombstone",
+            Reason::InvalidKey => "invalid_key",
         }
     }
 }

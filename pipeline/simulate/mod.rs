@@ -15,6 +15,7 @@
 //! The [`Truth`] records what a perfect pipeline must report, so a run can be checked exactly.
 
 pub mod load;
+pub mod publish;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;

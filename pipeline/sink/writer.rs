@@ -171,56 +171,31 @@ impl SourceWriter {
         rows: &mut Vec<AggRow>,
         quarantine: &mut Vec<QuarantineRecord>,
     ) -> Result<EpochWritten, SinkError> {
-        let mut by_date: BTreeMap<String, Vec<AggRow>> = BTreeMap::new();
-        let mut dates: HashMap<i64, String> = HashMap::new();
-        for r in rows.drain(..) {
-            let d = dates
-                .entry(r.window_start)
-                .or_insert_with(|| partition_value(self.spec.local_date(r.window_start)));
-            by_date.entry(d.clone()).or_default().push(r);
-        }
         let name = format!("part-{}-{first:012}.parquet", self.source);
-        let mut planned = Vec::new();
-        for d in by_date.keys() {
-            planned.push(format!("aggregates/date={d}/{name}"));
-        }
-        if !quarantine.is_empty() {
-            planned.push(format!("quarantine/date={}/{name}", self.received_date));
-        }
-        let mut out = EpochWritten::default();
-        if planned.is_empty() {
+        let (objects, mut out) = encode_epoch(
+            &self.spec,
+            &self.registry,
+            &name,
+            &self.received_date,
+            rows,
+            quarantine,
+        )?;
+        rows.clear();
+        quarantine.clear();
+        if objects.is_empty() {
             return Ok(out);
         }
         // Intent first: the manifest names every object before it exists.
         let mut intent = self.stale.clone();
         intent.extend(self.written.iter().cloned());
-        intent.extend(planned.iter().cloned());
+        intent.extend(objects.iter().map(|(p, _)| p.clone()));
         self.put_manifest("writing", intent, serde_json::Value::Null)
             .await?;
-
-        for (path, (_, mut day)) in planned.iter().zip(by_date) {
-            day.sort_by_key(|r| (r.window_start, r.sensor, r.direction, r.late));
-            out.agg_rows += day.len();
-            let batch = tables::aggregates_batch(&day, &self.registry);
-            let bytes = tables::to_parquet(&batch).map_err(|e| SinkError::Encode {
-                path: path.clone(),
-                source: e,
-            })?;
-            self.put(path, bytes).await?;
+        for (path, bytes) in objects {
+            self.put(&path, bytes).await?;
+            self.written.insert(path.clone());
+            out.objects.push(path);
         }
-        if !quarantine.is_empty() {
-            let path = planned.last().expect("quarantine path planned");
-            out.quarantined = quarantine.len();
-            let batch = tables::quarantine_batch(quarantine);
-            let bytes = tables::to_parquet(&batch).map_err(|e| SinkError::Encode {
-                path: path.clone(),
-                source: e,
-            })?;
-            self.put(path, bytes).await?;
-            quarantine.clear();
-        }
-        self.written.extend(planned.iter().cloned());
-        out.objects = planned;
         Ok(out)
     }
 
@@ -249,4 +224,51 @@ impl SourceWriter {
         }
         Ok((self.written.len(), removed))
     }
+}
+
+/// Encoded objects: (path, Parquet bytes).
+pub type Objects = Vec<(String, Vec<u8>)>;
+
+/// Encodes one epoch into objects named `<table>/date=D/<name>`: aggregate rows split by the
+/// local date of their window, quarantine records under `received_date`. Nothing is stored here.
+pub fn encode_epoch(
+    spec: &WindowSpec,
+    registry: &SensorRegistry,
+    name: &str,
+    received_date: &str,
+    rows: &[AggRow],
+    quarantine: &[QuarantineRecord],
+) -> Result<(Objects, EpochWritten), SinkError> {
+    let mut by_date: BTreeMap<String, Vec<AggRow>> = BTreeMap::new();
+    let mut dates: HashMap<i64, String> = HashMap::new();
+    for r in rows {
+        let d = dates
+            .entry(r.window_start)
+            .or_insert_with(|| partition_value(spec.local_date(r.window_start)));
+        by_date.entry(d.clone()).or_default().push(r.clone());
+    }
+    let mut out = EpochWritten::default();
+    let mut objects = Vec::new();
+    for (d, mut day) in by_date {
+        let path = format!("aggregates/date={d}/{name}");
+        day.sort_by_key(|r| (r.window_start, r.sensor, r.direction, r.late));
+        out.agg_rows += day.len();
+        let batch = tables::aggregates_batch(&day, registry);
+        let bytes = tables::to_parquet(&batch).map_err(|e| SinkError::Encode {
+            path: path.clone(),
+            source: e,
+        })?;
+        objects.push((path, bytes));
+    }
+    if !quarantine.is_empty() {
+        let path = format!("quarantine/date={received_date}/{name}");
+        out.quarantined = quarantine.len();
+        let batch = tables::quarantine_batch(quarantine);
+        let bytes = tables::to_parquet(&batch).map_err(|e| SinkError::Encode {
+            path: path.clone(),
+            source: e,
+        })?;
+        objects.push((path, bytes));
+    }
+    Ok((objects, out))
 }

@@ -1,4 +1,4 @@
-//! Stage 0 — sources: where messages come from, with their position (file line; later Kafka
-//! partition and offset). A source yields decoded items in input order and knows nothing of windows.
+//! Stage 0 — sources: JSON lines from a file or stdin ([`file`]), records from Kafka ([`kafka`]).
 
 pub mod file;
+pub mod kafka;

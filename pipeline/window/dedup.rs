@@ -81,6 +81,19 @@ impl Dedup {
         self.oldest = self.seen.keys().map(|&(_, ws)| ws).min().unwrap_or(cutoff);
     }
 
+    /// Every held entry: (sensor, window start, seen ranges), for checkpoints.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, i64, &[(u64, u64)])> {
+        self.seen.iter().map(|(&(s, ws), r)| (s, ws, r.ranges()))
+    }
+
+    /// Restores one entry of a checkpoint (ranges as written by [`Dedup::entries`]).
+    pub fn restore(&mut self, sensor: u32, window_start: i64, ranges: Vec<(u64, u64)>) {
+        if self.seen.is_empty() || window_start < self.oldest {
+            self.oldest = window_start;
+        }
+        self.seen.insert((sensor, window_start), SeqRanges(ranges));
+    }
+
     /// Number of (sensor, window) entries held.
     pub fn len(&self) -> usize {
         self.seen.len()

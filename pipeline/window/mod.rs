@@ -16,6 +16,7 @@
 //! This stage knows nothing about Kafka, files or Parquet.
 
 pub mod dedup;
+pub mod state;
 pub mod time;
 
 use std::collections::BTreeMap;
@@ -118,7 +119,7 @@ pub enum Admit {
 }
 
 /// Running totals of the window stage.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowStats {
     pub counted: u64,
     pub late: u64,
@@ -255,6 +256,11 @@ impl WindowStage {
             let dirs = self.registry.get(s).directions.len();
             acc.emit(s, ws, false, dirs, out);
         }
+    }
+
+    /// Whether late rows are waiting to be emitted.
+    pub fn has_late(&self) -> bool {
+        !self.late.is_empty()
     }
 
     /// Emits the late rows gathered since the last call.

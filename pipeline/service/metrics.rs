@@ -1,0 +1,275 @@
+//! Self-monitoring of `jinryu run`: `GET /healthz` and `GET /metrics` (Prometheus text format) on
+//! `service.listen` (127.0.0.1 by default). The figures are operational — records, rejections,
+//! lag, ages — never people counts.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Seconds after which a consumer loop that has not gone round counts as hung.
+const LOOP_HUNG_SECS: i64 = 60;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SensorLabel {
+    pub sensor_id: String,
+}
+
+/// The service's figures. Counters are updated by the consumer thread; ages are computed when
+/// scraped.
+pub struct Metrics {
+    registry: Registry,
+    pub records: Family<PartitionLabel, Counter>,
+    pub accepted: Counter,
+    pub quarantined: Family<ReasonLabel, Counter>,
+    pub late: Counter,
+    pub duplicates: Counter,
+    pub skipped_replayed: Counter,
+    pub commits: Counter,
+    pub storage_errors: Counter,
+    pub kafka_errors: Counter,
+    pub lag: Family<PartitionLabel, Gauge>,
+    pub assigned: Gauge,
+    last_heard_age: Family<SensorLabel, Gauge<f64, AtomicU64>>,
+    commit_age: Gauge<f64, AtomicU64>,
+    /// Wall ms each sensor was last heard (index = registry index; 0 = never).
+    last_heard_ms: Vec<AtomicI64>,
+    sensor_ids: Vec<String>,
+    last_commit_ms: AtomicI64,
+    loop_ms: AtomicI64,
+    started_ms: i64,
+    /// Set when the consumer thread ended with an error.
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Metrics {
+    pub fn new(sensor_ids: Vec<String>) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("jinryu");
+        let m = Metrics {
+            records: Family::default(),
+            accepted: Counter::default(),
+            quarantined: Family::default(),
+            late: Counter::default(),
+            duplicates: Counter::default(),
+            skipped_replayed: Counter::default(),
+            commits: Counter::default(),
+            storage_errors: Counter::default(),
+            kafka_errors: Counter::default(),
+            lag: Family::default(),
+            assigned: Gauge::default(),
+            last_heard_age: Family::default(),
+            commit_age: Gauge::default(),
+            last_heard_ms: sensor_ids.iter().map(|_| AtomicI64::new(0)).collect(),
+            sensor_ids,
+            last_commit_ms: AtomicI64::new(0),
+            loop_ms: AtomicI64::new(now_ms()),
+            started_ms: now_ms(),
+            failed: std::sync::Mutex::new(None),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records",
+            "Kafka records consumed, by partition",
+            m.records.clone(),
+        );
+        registry.register("accepted", "Valid events accepted", m.accepted.clone());
+        registry.register(
+            "quarantined",
+            "Records quarantined, by reason",
+            m.quarantined.clone(),
+        );
+        registry.register(
+            "late",
+            "Events counted after their window was written (late rows)",
+            m.late.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Retries of an event already counted",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "replayed_skipped",
+            "Records delivered again below the checkpoint (already committed) and skipped",
+            m.skipped_replayed.clone(),
+        );
+        registry.register(
+            "commits",
+            "Checkpoints committed (epochs)",
+            m.commits.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Failed storage writes (each is retried)",
+            m.storage_errors.clone(),
+        );
+        registry.register(
+            "kafka_errors",
+            "Errors reported by the Kafka client",
+            m.kafka_errors.clone(),
+        );
+        registry.register(
+            "consumer_lag_records",
+            "Records in the partition not yet consumed (from librdkafka statistics)",
+            m.lag.clone(),
+        );
+        registry.register(
+            "assigned_partitions",
+            "Partitions this process owns",
+            m.assigned.clone(),
+        );
+        registry.register(
+            "sensor_last_heard_seconds",
+            "Seconds since an event or heartbeat of the sensor was consumed by this process",
+            m.last_heard_age.clone(),
+        );
+        registry.register(
+            "seconds_since_last_commit",
+            "Seconds since the last checkpoint (objects + offsets) was committed",
+            m.commit_age.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn heard(&self, sensor: u32) {
+        if let Some(a) = self.last_heard_ms.get(sensor as usize) {
+            a.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn committed(&self) {
+        self.last_commit_ms.store(now_ms(), Ordering::Relaxed);
+        self.commits.inc();
+    }
+
+    /// Wall ms of the last commit (the start time before the first).
+    pub fn last_commit_ms(&self) -> i64 {
+        match self.last_commit_ms.load(Ordering::Relaxed) {
+            0 => self.started_ms,
+            t => t,
+        }
+    }
+
+    /// The consumer loop went round.
+    pub fn alive(&self) {
+        self.loop_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn fail(&self, why: String) {
+        *self.failed.lock().expect("metrics lock") = Some(why);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let now = now_ms();
+        for (i, id) in self.sensor_ids.iter().enumerate() {
+            let t = self.last_heard_ms[i].load(Ordering::Relaxed);
+            if t > 0 {
+                self.last_heard_age
+                    .get_or_create(&SensorLabel {
+                        sensor_id: id.clone(),
+                    })
+                    .set((now - t) as f64 / 1000.0);
+            }
+        }
+        self.commit_age
+            .set((now - self.last_commit_ms()) as f64 / 1000.0);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding to a String");
+        out
+    }
+
+    /// `/healthz`: 200 while the consumer loop runs, 503 with the reason otherwise.
+    pub fn health(&self) -> (StatusCode, String) {
+        if let Some(why) = self.failed.lock().expect("metrics lock").clone() {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n"));
+        }
+        let age = (now_ms() - self.loop_ms.load(Ordering::Relaxed)) / 1000;
+        if age > LOOP_HUNG_SECS {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the consumer loop has not run for {age} s (storage or broker blocked?)\n"),
+            );
+        }
+        (StatusCode::OK, "ok\n".to_string())
+    }
+
+    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+        let (status, body, ctype) = match path {
+            "/metrics" => (
+                StatusCode::OK,
+                self.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            "/healthz" => {
+                let (s, b) = self.health();
+                (s, b, "text/plain; charset=utf-8")
+            }
+            _ => (
+                StatusCode::NOT_FOUND,
+                "try /healthz or /metrics\n".to_string(),
+                "text/plain; charset=utf-8",
+            ),
+        };
+        Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .expect("response")
+    }
+}
+
+/// Binds `addr` now (so a busy port is reported at start) and serves until the runtime ends.
+pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} for /healthz and /metrics: {e}; set service.listen to a free address"
+        )
+    })?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let m = m.clone();
+                    async move { Ok::<_, Infallible>(m.respond(req.uri().path())) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}

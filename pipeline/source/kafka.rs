@@ -1,0 +1,154 @@
+//! Stage 0 for the service — Kafka records in. Builds librdkafka's configuration from `[kafka]`
+//! (secrets resolved here, at start, and never shown) and classifies each record: a tombstone or a
+//! key that is not UTF-8 is rejected before the value is decoded; the value goes through the same
+//! [`Decoder`] as file input.
+
+use rdkafka::ClientConfig;
+
+use crate::config::{KafkaSettings, SECRET_PROPERTIES};
+use crate::event::{Decoder, Event, Reason, Rejection};
+
+/// librdkafka configuration for `settings`, plus `extra` properties (consumer or producer ones).
+/// Secrets are read from their environment variable or file now; errors never contain a value.
+pub fn client_config(
+    settings: &KafkaSettings,
+    extra: &[(&str, &str)],
+) -> Result<ClientConfig, String> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &settings.brokers);
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    for (k, v) in &settings.properties {
+        c.set(k, v);
+    }
+    for (prop, secret) in &settings.secrets {
+        let value = secret
+            .read()
+            .map_err(|e| format!("kafka: cannot read the secret for {prop}: {e}"))?;
+        c.set(prop, value);
+    }
+    Ok(c)
+}
+
+/// The connection settings for logs: every property, secrets masked.
+pub fn describe(settings: &KafkaSettings) -> String {
+    let mut parts = vec![
+        format!("brokers={}", settings.brokers),
+        format!("topic={}", settings.topic),
+        format!("group={}", settings.group),
+    ];
+    for (k, v) in &settings.properties {
+        if SECRET_PROPERTIES.contains(&k.as_str()) {
+            parts.push(format!("{k}=****"));
+        } else {
+            parts.push(format!("{k}={v}"));
+        }
+    }
+    for (k, _) in &settings.secrets {
+        parts.push(format!("{k}=****"));
+    }
+    parts.join(" ")
+}
+
+/// Decodes one record: its key (the sensor id, optional) and value (one JSON event).
+pub fn decode_record(
+    decoder: &Decoder,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    now_ms: i64,
+) -> Result<Event, Rejection> {
+    if let Some(k) = key
+        && std::str::from_utf8(k).is_err()
+    {
+        return Err(Rejection::new(
+            Reason::InvalidKey,
+            format!(
+                "the record key ({} bytes) is not UTF-8; gateways key records by sensor_id",
+                k.len()
+            ),
+        ));
+    }
+    match value {
+        None => Err(Rejection::new(
+            Reason::Tombstone,
+            "the record has no value (a tombstone); events are never deleted",
+        )),
+        Some(v) => decoder.decode(v, now_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Secret};
+    use std::sync::Arc;
+
+    #[test]
+    fn records_without_value_or_with_a_bad_key_are_rejected() {
+        let cfg = Config::chikaho("memory://");
+        let d = Decoder::new(Arc::new(cfg.registry), cfg.limits);
+        let ok = br#"{"sensor_id":"J1-1","ts":"2026-11-02T08:15:03+09:00","direction":"north","count":2}"#;
+        let now = 1_800_000_000_000;
+        assert!(decode_record(&d, Some(b"J1-1"), Some(ok), now).is_ok());
+        assert!(decode_record(&d, None, Some(ok), now).is_ok());
+        let e = decode_record(&d, Some(b"J1-1"), None, now).unwrap_err();
+        assert_eq!(e.reason, Reason::Tombstone);
+        let e = decode_record(&d, Some(&[0xff, 0xfe]), Some(ok), now).unwrap_err();
+        assert_eq!(e.reason, Reason::InvalidKey);
+        let e = decode_record(&d, None, Some(b""), now).unwrap_err();
+        assert_eq!(e.reason, Reason::Empty);
+    }
+
+    #[test]
+    fn secrets_are_read_at_start_and_never_described() {
+        let cfg = Config::parse(
+            &format!(
+                "{}\n[kafka]\nbrokers = \"b:9092\"\ntopic = \"t\"\nsecurity_protocol = \"SASL_SSL\"\n\
+                 sasl_mechanism = \"scram-sha-512\"\nsasl_username = \"u\"\n\
+                 sasl_password_env = \"JINRYU_TEST_KAFKA_SECRET\"\n",
+                crate::config::CHIKAHO_TOML.split("[kafka]").next().unwrap()
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let k = cfg.kafka.unwrap();
+        assert_eq!(
+            k.secrets,
+            vec![(
+                "sasl.password".to_string(),
+                Secret::Env("JINRYU_TEST_KAFKA_SECRET".into())
+            )]
+        );
+        let err = client_config(&k, &[]).unwrap_err();
+        assert!(err.contains("JINRYU_TEST_KAFKA_SECRET is not set"), "{err}");
+        // SAFETY: this test is the only user of this variable.
+        unsafe { std::env::set_var("JINRYU_TEST_KAFKA_SECRET", "hunter2-s3cret") };
+        let c = client_config(&k, &[]).unwrap();
+        assert_eq!(c.get("sasl.password"), Some("hunter2-s3cret"));
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        let shown = describe(&k);
+        assert!(shown.contains("sasl.password=****"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn secrets_in_properties_are_refused() {
+        let text = format!(
+            "{}\n[kafka]\nbrokers = \"b\"\ntopic = \"t\"\n[kafka.properties]\n\"sasl.password\" = \"x\"\n\"enable.auto.commit\" = true\n\"fetch.max.bytes\" = 1000\n",
+            crate::config::CHIKAHO_TOML.split("[kafka]").next().unwrap()
+        );
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(
+            keys.contains(&"kafka.properties.\"sasl.password\""),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&"kafka.properties.\"enable.auto.commit\""),
+            "{keys:?}"
+        );
+        assert!(!err.to_string().contains("= \"x\""));
+    }
+}

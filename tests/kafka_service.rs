@@ -1,0 +1,262 @@
+//! The Kafka service in-process against librdkafka's mock cluster (fast, no broker to start):
+//! exact totals across restarts, quarantine with partition and offset, Kafka-only rejections, and
+//! quiet-night windows closed by wall clock.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use jinryu::config::Config;
+use jinryu::service::{self, metrics::Metrics};
+use jinryu::sink::store::Storage;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use support::*;
+
+/// A running service: its thread and stop flag.
+struct Running {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<anyhow::Result<service::RunSummary>>,
+    metrics: Arc<Metrics>,
+}
+
+fn start(cfg: &Config, storage: &Storage) -> Running {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ids = cfg
+        .registry
+        .sensors()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    let metrics = Metrics::new(ids);
+    let (c, s, m, st) = (cfg.clone(), storage.clone(), metrics.clone(), stop.clone());
+    let rt = tokio::runtime::Handle::current();
+    let handle = std::thread::spawn(move || service::run(c, s, rt, m, st));
+    Running {
+        stop,
+        handle,
+        metrics,
+    }
+}
+
+impl Running {
+    async fn stop(self) -> service::RunSummary {
+        self.stop.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || self.handle.join().unwrap())
+            .await
+            .unwrap()
+            .expect("clean stop")
+    }
+}
+
+fn cluster(topic: &str) -> MockCluster<'static, DefaultProducerContext> {
+    let c = MockCluster::new(1).unwrap();
+    c.create_topic(topic, 4, 1).unwrap();
+    c
+}
+
+/// A record as produced: key and value, either may be absent.
+type Record<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+fn produce(brokers: &str, topic: &str, records: &[Record<'_>]) {
+    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(0);
+        if let Some(k) = k {
+            r = r.key(k);
+        }
+        if let Some(v) = v {
+            r = r.payload(v);
+        }
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_counted_once_across_restarts() {
+    let (stream, truth) = simulated(2, true);
+    let n = records(&stream);
+    let mock = cluster("events");
+    let storage = Storage::open("memory://").unwrap();
+    let cfg = Config::parse(
+        &config_text("memory://", &mock.bootstrap_servers(), "events", "g1"),
+        "test.toml",
+    )
+    .unwrap();
+    let settings = cfg.kafka.clone().unwrap();
+    let published = tokio::task::spawn_blocking(move || {
+        jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(stream), None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((published.delivered, published.failed), (n, 0));
+
+    // Three runs, each stopped while records remain; the last one runs to the end.
+    for _ in 0..3 {
+        let run = start(&cfg, &storage);
+        let t0 = Instant::now();
+        while run.metrics.accepted.get() < 5_000 && t0.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        run.stop().await;
+    }
+    let run = start(&cfg, &storage);
+    let cps = wait_complete(&storage, n, Duration::from_secs(180)).await;
+    run.stop().await;
+
+    let accepted: u64 = cps.iter().map(|c| c.totals.accepted).sum();
+    let quarantined: u64 = cps.iter().map(|c| c.totals.quarantined).sum();
+    assert_eq!(accepted + quarantined, n);
+    assert_eq!(quarantined, truth.malformed);
+    let stats = cps.iter().fold((0, 0), |a, c| {
+        (a.0 + c.state.stats.counted, a.1 + c.state.stats.duplicates)
+    });
+    assert_eq!(stats.0 + stats.1, accepted);
+    assert_eq!(stats.1, truth.retries, "every gateway retry counted once");
+
+    let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
+    let v = jinryu::demo::verify(&ctx, &cfg, &truth).await.unwrap();
+    assert!(v.mismatches.is_empty(), "{:#?}", v.mismatches);
+    assert!(v.live_windows > 1000 && v.zero_windows > 0);
+    // Quarantine rows carry the topic, the partition and the offset.
+    let q = jinryu::jobs::query(
+        &ctx,
+        "SELECT count(*), count(DISTINCT source), min(partition), max(partition), count(position) FROM quarantine",
+    )
+    .await
+    .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&q)
+        .unwrap()
+        .to_string();
+    assert!(text.contains(&format!("| {} ", truth.malformed)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_only_rejections_are_quarantined_with_their_offset() {
+    let mock = cluster("odd");
+    let storage = Storage::open("memory://").unwrap();
+    let cfg = Config::parse(
+        &config_text("memory://", &mock.bootstrap_servers(), "odd", "g2"),
+        "test.toml",
+    )
+    .unwrap();
+    let good =
+        br#"{"sensor_id":"J1-1","ts":"2026-10-05T08:00:10+09:00","direction":"north","count":3}"#;
+    let big = vec![b' '; 5000];
+    produce(
+        &mock.bootstrap_servers(),
+        "odd",
+        &[
+            (Some(b"J1-1"), Some(good)),          // offset 0: counted
+            (Some(b"J1-1"), None),                // 1: tombstone
+            (Some(&[0xC3, 0x28]), Some(good)),    // 2: key not UTF-8
+            (Some(b"J1-1"), Some(&big)),          // 3: too large
+            (None, Some(b"")),                    // 4: empty value
+            (Some(b"J1-1"), Some(&[0xff, 0x00])), // 5: value not UTF-8
+        ],
+    );
+    let run = start(&cfg, &storage);
+    wait_complete(&storage, 6, Duration::from_secs(60)).await;
+    run.stop().await;
+    let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
+    let q = jinryu::jobs::query(
+        &ctx,
+        "SELECT position, reason, partition, source FROM quarantine ORDER BY position",
+    )
+    .await
+    .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&q)
+        .unwrap()
+        .to_string();
+    for (pos, reason) in [
+        (1, "tombstone"),
+        (2, "invalid_key"),
+        (3, "too_large"),
+        (4, "empty"),
+        (5, "invalid_utf8"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(&format!("| {pos} "))
+                && l.contains(reason)
+                && l.contains("| odd")),
+            "{pos} {reason} missing:\n{text}"
+        );
+    }
+    let rows = jinryu::jobs::query(&ctx, "SELECT sum(\"count\") FROM flow_15min")
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&rows)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| 3 "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_partition_closes_its_windows_by_wall_clock() {
+    let mock = cluster("quiet");
+    let storage = Storage::open("memory://").unwrap();
+    let cfg = Config::parse(
+        &config_text("memory://", &mock.bootstrap_servers(), "quiet", "g3"),
+        "test.toml",
+    )
+    .unwrap();
+    // Events of 40 minutes ago: by event time alone their window (end + 10 min lateness) is not
+    // final, since nothing later arrives. Only the idle clock (2 s here) can close it.
+    let ts = chrono::Utc::now() - chrono::Duration::minutes(40);
+    let lines: Vec<Vec<u8>> = (0..5)
+        .map(|i| {
+            format!(
+                r#"{{"sensor_id":"J2-3","ts":"{}","direction":"south","count":2,"seq":{i}}}"#,
+                (ts + chrono::Duration::seconds(i)).to_rfc3339()
+            )
+            .into_bytes()
+        })
+        .collect();
+    let recs: Vec<_> = lines
+        .iter()
+        .map(|l| (Some(&b"J2-3"[..]), Some(&l[..])))
+        .collect();
+    let run = start(&cfg, &storage);
+    produce(&mock.bootstrap_servers(), "quiet", &recs);
+    let produced = Instant::now();
+    let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
+    let bound =
+        Duration::from_millis((cfg.service.idle_timeout_ms + cfg.service.flush_interval_ms) as u64)
+            + Duration::from_secs(10);
+    loop {
+        let b = jinryu::jobs::query(
+            &ctx,
+            "SELECT sum(\"count\") AS people, bool_or(late) AS late FROM aggregates",
+        )
+        .await
+        .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&b)
+            .unwrap()
+            .to_string();
+        if text.contains("| 10 ") {
+            assert!(
+                text.contains("false"),
+                "written as a normal (not late) row: {text}"
+            );
+            break;
+        }
+        assert!(
+            produced.elapsed() < bound,
+            "the quiet window was not written within {bound:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waited = produced.elapsed();
+    assert!(
+        waited >= Duration::from_millis(cfg.service.idle_timeout_ms as u64 / 2),
+        "written after {waited:?}: before the idle timeout the window could not be final"
+    );
+    run.stop().await;
+}

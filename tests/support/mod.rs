@@ -1,0 +1,298 @@
+//! Helpers shared by the Kafka and S3 tests: configurations, a real Apache Kafka broker, an S3 API
+//! server (moto), and reading the service's checkpoints.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jinryu::sink::checkpoint::Checkpoint;
+use jinryu::sink::store::Storage;
+use object_store::ObjectStoreExt;
+
+/// A free TCP port on loopback (and the next one, for Kafka's controller).
+pub fn free_port() -> u16 {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < 65000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The Chi-Ka-Ho configuration with storage, Kafka and fast service clocks for tests.
+pub fn config_text(storage_url: &str, brokers: &str, topic: &str, group: &str) -> String {
+    let base = jinryu::config::CHIKAHO_TOML
+        .split("[kafka]")
+        .next()
+        .unwrap()
+        .replace("file:///var/lib/jinryu", storage_url);
+    format!(
+        "{base}\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\n\
+         [kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = 1000\n\
+         [service]\nlisten = \"127.0.0.1:0\"\nidle_timeout = \"2s\"\nflush_interval = \"500ms\"\n\
+         checkpoint_interval = \"1s\"\nstall_after = \"1h\"\n"
+    )
+}
+
+/// Every checkpoint in the storage.
+pub async fn checkpoints(storage: &Storage) -> Vec<Checkpoint> {
+    use futures::TryStreamExt;
+    let prefix = object_store::path::Path::from("_checkpoints");
+    let metas: Vec<_> = storage
+        .store()
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for m in metas {
+        let bytes = storage
+            .store()
+            .get(&m.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        out.push(serde_json::from_slice(&bytes).unwrap());
+    }
+    out
+}
+
+/// Waits until the checkpoints account for `records` records with no open window left.
+pub async fn wait_complete(storage: &Storage, records: u64, within: Duration) -> Vec<Checkpoint> {
+    let t0 = Instant::now();
+    loop {
+        let cps = checkpoints(storage).await;
+        let done: u64 = cps.iter().map(|c| c.totals.records).sum();
+        let open: usize = cps.iter().map(|c| c.state.pending()).sum();
+        if done == records && open == 0 {
+            return cps;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "the service did not finish in {within:?}: {done} of {records} records committed, {open} windows open"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A single-node Apache Kafka broker (docker/kafka/broker.sh), killed when dropped.
+pub struct Broker {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let mut b = Broker {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the broker on the same directory and port and waits until it serves metadata.
+    pub fn restart(&mut self) {
+        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
+        let child = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docker/kafka/broker.sh"
+        ))
+        .arg("start")
+        .arg(self.dir.join("kafka"))
+        .arg(self.port.to_string())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("docker/kafka/broker.sh");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        loop {
+            if metadata_ok(&self.brokers()) {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "the Kafka broker exited ({st}): {}",
+                    std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "Kafka did not start in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn metadata_ok(brokers: &str) -> bool {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Ok(c) = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "0")
+        .create::<BaseConsumer>()
+    else {
+        return false;
+    };
+    c.fetch_metadata(None, Duration::from_secs(2)).is_ok()
+}
+
+/// Creates a topic with `partitions` partitions (and waits until it exists).
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    // On a thread of its own: callers may be inside a tokio runtime.
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(admin.create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+            ))
+        })
+        .join()
+        .unwrap()
+    })
+    .unwrap();
+    for x in r {
+        x.unwrap();
+    }
+}
+
+/// The simulated stream of the first `days` days of October 2026, as JSON lines, with its truth.
+pub fn simulated(days: u32, faults: bool) -> (Vec<u8>, jinryu::simulate::Truth) {
+    use std::io::Read;
+    let cfg = jinryu::config::Config::chikaho("memory://");
+    let mut opts = jinryu::simulate::options(2026, 10);
+    opts.days = Some(days);
+    opts.faults = faults;
+    let mut sim = jinryu::simulate::Simulator::new(&cfg, opts);
+    let truth = sim.truth();
+    let mut buf = Vec::new();
+    sim.read_to_end(&mut buf).unwrap();
+    let t = truth.lock().unwrap().clone();
+    (buf, t)
+}
+
+/// Lines that are not blank.
+pub fn records(stream: &[u8]) -> u64 {
+    stream
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .count() as u64
+}
+
+/// An S3 API server on loopback (moto, installed from PyPI by .ci/run), killed when dropped.
+pub struct S3Server {
+    pub port: u16,
+    child: Child,
+}
+
+impl S3Server {
+    /// Starts the server and creates `bucket`.
+    pub fn start(bucket: &str) -> S3Server {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]')");
+        let s = S3Server { port, child };
+        let t0 = Instant::now();
+        loop {
+            if let Ok(status) = s.request("PUT", &format!("/{bucket}")) {
+                assert_eq!(status, 200, "creating the bucket");
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        text.get(9..12)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))
+    }
+
+    /// The standard AWS environment pointing at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ACCESS_KEY_ID", "jinryu-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "jinryu-test-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_TIMEOUT", "2s".into()),
+        ]
+    }
+
+    /// The server stops answering (SIGSTOP) — requests time out — until [`S3Server::thaw`].
+    pub fn freeze(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    pub fn thaw(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.thaw();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
