@@ -346,6 +346,7 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     let metrics = jinryu::service::metrics::Metrics::new(ids);
     let addr = jinryu::service::metrics::serve(metrics.clone(), cfg.service.listen).await?;
     eprintln!("jinryu run: /healthz and /metrics on http://{addr}");
+    tokio::spawn(jinryu::service::watch(cfg.clone(), metrics.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Handle::current();
     let worker = {

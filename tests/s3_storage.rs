@@ -60,20 +60,20 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
     mock.create_topic("events", 4, 1).unwrap();
     let url = "s3://jinryu-test/city/service";
+    let alert_log = tmp.path().join("alerts.jsonl");
     let cfg = Config::parse(
-        &config_text(url, &mock.bootstrap_servers(), "events", "s3"),
+        &config_text(url, &mock.bootstrap_servers(), "events", "s3")
+            .replace(
+                "# log_file = \"/var/log/jinryu/alerts.jsonl\"",
+                &format!("log_file = \"{}\"", alert_log.display()),
+            )
+            .replace("stall_after = \"1h\"", "stall_after = \"2s\""),
         "test",
     )
     .unwrap();
+    assert_eq!(cfg.service.stall_after_ms, 2000);
     let settings = cfg.kafka.clone().unwrap();
     let n = records(&stream);
-    let published = tokio::task::spawn_blocking(move || {
-        jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(stream), None)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(published.delivered, n);
     let storage = Storage::open(url).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let metrics = jinryu::service::metrics::Metrics::new(
@@ -88,6 +88,11 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
         let rt = tokio::runtime::Handle::current();
         std::thread::spawn(move || jinryu::service::run(c, s, rt, m, st))
     };
+    let watch = tokio::spawn(jinryu::service::watch(cfg.clone(), metrics.clone()));
+    // Gateways publish while the service runs (15,000 records/s, ~6 s), through the outage.
+    let publisher = tokio::task::spawn_blocking(move || {
+        jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(stream), Some(15_000.0))
+    });
     let t0 = Instant::now();
     while metrics.commits.get() < 2 {
         assert!(t0.elapsed() < Duration::from_secs(60), "no commit");
@@ -103,6 +108,8 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
         "commits while S3 was down"
     );
     s3.thaw();
+    let published = publisher.await.unwrap().unwrap();
+    assert_eq!((published.delivered, published.failed), (n, 0));
     wait_complete(&storage, n, Duration::from_secs(180)).await;
     stop.store(true, Ordering::Relaxed);
     tokio::task::spawn_blocking(move || handle.join().unwrap())
@@ -112,4 +119,22 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
     let v = jinryu::demo::verify(&ctx, &cfg, &truth).await.unwrap();
     assert!(v.mismatches.is_empty(), "{:#?}", v.mismatches);
+
+    // The outage raised one pipeline alert, resolved once commits resumed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!watch.is_finished(), "watch ended: {:?}", watch.await);
+    watch.abort();
+    let log = std::fs::read_to_string(&alert_log).expect("alert log written");
+    let alerts: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|a: &serde_json::Value| a["kind"] == "pipeline_stalled")
+        .collect();
+    assert_eq!(alerts.len(), 2, "{log}");
+    assert_eq!(alerts[0]["status"], "open");
+    assert_eq!(alerts[1]["status"], "resolved");
+    assert_eq!(
+        alerts[0]["id"], alerts[1]["id"],
+        "one alert, opened then resolved"
+    );
 }

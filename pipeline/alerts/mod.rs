@@ -91,6 +91,33 @@ pub fn alerts_from(cfg: &Config, incidents: &[Incident]) -> Vec<Alert> {
         .collect()
 }
 
+/// An alert about the pipeline itself (raised by `jinryu run`, not by the data checks).
+pub fn pipeline_alert(
+    cfg: &Config,
+    kind: &str,
+    start_ms: i64,
+    end_ms: i64,
+    open: bool,
+    evidence: serde_json::Value,
+    action: &str,
+) -> Alert {
+    Alert {
+        id: alert_id(kind, None, start_ms),
+        kind: kind.to_string(),
+        severity: "critical".to_string(),
+        status: if open { "open" } else { "resolved" }.to_string(),
+        sensor_id: None,
+        array: None,
+        start: cfg.window.local(start_ms).to_rfc3339(),
+        end: cfg.window.local(end_ms).to_rfc3339(),
+        start_ms,
+        end_ms,
+        windows: 0,
+        evidence,
+        action: action.to_string(),
+    }
+}
+
 async fn load(storage: &Storage) -> anyhow::Result<BTreeMap<String, Alert>> {
     let list = stored(storage.store().as_ref())
         .await

@@ -58,6 +58,11 @@ pub struct Metrics {
     last_heard_ms: Vec<AtomicI64>,
     sensor_ids: Vec<String>,
     last_commit_ms: AtomicI64,
+    /// Records consumed and not yet committed, over all partitions.
+    uncommitted: AtomicI64,
+    /// Sum of the partitions' consumer lag (librdkafka statistics), and when it was measured.
+    total_lag: AtomicI64,
+    lag_at_ms: AtomicI64,
     loop_ms: AtomicI64,
     started_ms: i64,
     /// Set when the consumer thread ended with an error.
@@ -88,6 +93,9 @@ impl Metrics {
             last_heard_ms: sensor_ids.iter().map(|_| AtomicI64::new(0)).collect(),
             sensor_ids,
             last_commit_ms: AtomicI64::new(0),
+            uncommitted: AtomicI64::new(0),
+            total_lag: AtomicI64::new(0),
+            lag_at_ms: AtomicI64::new(0),
             loop_ms: AtomicI64::new(now_ms()),
             started_ms: now_ms(),
             failed: std::sync::Mutex::new(None),
@@ -157,15 +165,38 @@ impl Metrics {
         Arc::new(Metrics { registry, ..m })
     }
 
-    pub fn heard(&self, sensor: u32) {
+    /// A sensor was heard at wall time `now_ms`.
+    pub fn heard(&self, sensor: u32, now_ms: i64) {
         if let Some(a) = self.last_heard_ms.get(sensor as usize) {
-            a.store(now_ms(), Ordering::Relaxed);
+            a.store(now_ms, Ordering::Relaxed);
         }
     }
 
     pub fn committed(&self) {
         self.last_commit_ms.store(now_ms(), Ordering::Relaxed);
         self.commits.inc();
+    }
+
+    /// Records consumed (positive) or committed / handed to another owner (negative).
+    pub fn uncommitted_add(&self, n: i64) {
+        self.uncommitted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_total_lag(&self, lag: i64) {
+        self.total_lag.store(lag, Ordering::Relaxed);
+        self.lag_at_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn total_lag(&self) -> i64 {
+        self.total_lag.load(Ordering::Relaxed)
+    }
+
+    /// Whether records wait to be committed: consumed and not committed, or lag in Kafka
+    /// measured after the last commit (an older figure may be stale: statistics come every 5 s).
+    pub fn waiting(&self) -> bool {
+        let commit = self.last_commit_ms.load(Ordering::Relaxed);
+        self.uncommitted.load(Ordering::Relaxed) > 0
+            || (self.total_lag() > 0 && self.lag_at_ms.load(Ordering::Relaxed) > commit)
     }
 
     /// Wall ms of the last commit (the start time before the first).

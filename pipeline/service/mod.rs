@@ -32,13 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{Config, SensorRegistry};
-use crate::event::Decoder;
+use crate::event::{Decoder, Event, Rejection};
 use crate::quarantine::QuarantineRecord;
 use crate::sink::checkpoint::{PartitionLog, PartitionTotals};
 use crate::sink::store::Storage;
@@ -48,6 +48,15 @@ use metrics::{Metrics, PartitionLabel, ReasonLabel};
 
 /// How often the consumer loop runs the clocks when records keep arriving.
 const TICK: Duration = Duration::from_millis(250);
+
+/// A record's key and value as received.
+type RawRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Most records taken from the client in one go.
+const BATCH: usize = 8192;
+
+/// Batches at least this large are decoded on two threads.
+const PARALLEL_DECODE_MIN: usize = 1024;
 
 /// One assigned partition.
 struct Partition {
@@ -65,6 +74,10 @@ struct Partition {
     last_commit: Instant,
     /// Consumed anything since the last commit.
     dirty: bool,
+    /// Records consumed since the last commit.
+    uncommitted: i64,
+    /// This partition's record counter in /metrics (looked up once).
+    records_metric: prometheus_client::metrics::counter::Counter,
 }
 
 /// What every part of the service shares.
@@ -86,8 +99,10 @@ struct Ctx(Arc<Shared>);
 impl ClientContext for Ctx {
     fn stats(&self, stats: Statistics) {
         if let Some(t) = stats.topics.get(&self.0.topic) {
+            let mut total = 0;
             for (p, s) in &t.partitions {
                 if *p >= 0 && s.consumer_lag >= 0 {
+                    total += s.consumer_lag;
                     self.0
                         .metrics
                         .lag
@@ -97,6 +112,7 @@ impl ClientContext for Ctx {
                         .set(s.consumer_lag);
                 }
             }
+            self.0.metrics.set_total_lag(total);
         }
     }
 
@@ -222,7 +238,10 @@ impl Shared {
         let mut parts = self.parts.lock().expect("partition lock");
         for e in tpl.elements_for_topic(&self.topic) {
             if let Some(mut p) = parts.remove(&e.partition()) {
-                match self.commit(consumer, &mut p, 5) {
+                let result = self.commit(consumer, &mut p, 5);
+                // Whatever was not committed is the next owner's now.
+                self.metrics.uncommitted_add(-p.uncommitted);
+                match result {
                     Ok(()) => tracing::info!(
                         partition = p.id,
                         next_offset = p.next,
@@ -257,6 +276,14 @@ impl Shared {
             last_input: Instant::now(),
             last_commit: Instant::now(),
             dirty: false,
+            uncommitted: 0,
+            records_metric: self
+                .metrics
+                .records
+                .get_or_create(&PartitionLabel {
+                    partition: id.to_string(),
+                })
+                .clone(),
         })
     }
 
@@ -295,6 +322,8 @@ impl Shared {
         p.quarantine.clear();
         p.first = None;
         p.dirty = false;
+        self.metrics.uncommitted_add(-p.uncommitted);
+        p.uncommitted = 0;
         p.last_commit = Instant::now();
         self.metrics.committed();
         tracing::debug!(
@@ -317,7 +346,40 @@ impl Shared {
     }
 
     /// Counts one record of an assigned partition.
-    fn consume(&self, p: &mut Partition, m: &impl Message) {
+    /// Decodes a batch of records, on two threads when the batch is large (decoding is the
+    /// costly part; the window stage then takes the results in offset order).
+    fn decode_batch(
+        &self,
+        batch: &[BorrowedMessage<'_>],
+        now: i64,
+    ) -> Vec<Result<Event, Rejection>> {
+        let raw: Vec<RawRecord<'_>> = batch.iter().map(|m| (m.key(), m.payload())).collect();
+        let decode = |part: &[RawRecord<'_>]| -> Vec<_> {
+            part.iter()
+                .map(|(k, v)| kafka::decode_record(&self.decoder, *k, *v, now))
+                .collect()
+        };
+        if raw.len() < PARALLEL_DECODE_MIN {
+            return decode(&raw);
+        }
+        let (a, b) = raw.split_at(raw.len() / 2);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| decode(a));
+            let second = decode(b);
+            let mut out = first.join().expect("decoder thread");
+            out.extend(second);
+            out
+        })
+    }
+
+    /// Counts one record of an assigned partition, decoded as `decoded`.
+    fn consume(
+        &self,
+        p: &mut Partition,
+        m: &BorrowedMessage<'_>,
+        decoded: Result<Event, Rejection>,
+        now: i64,
+    ) {
         let offset = m.offset();
         // Assignment starts at the checkpoint, so this only guards against a record delivered
         // twice by the client; it is never counted again.
@@ -330,19 +392,15 @@ impl Shared {
         p.dirty = true;
         p.last_input = Instant::now();
         p.totals.records += 1;
-        self.metrics
-            .records
-            .get_or_create(&PartitionLabel {
-                partition: p.id.to_string(),
-            })
-            .inc();
-        let now = now_ms();
+        p.uncommitted += 1;
+        self.metrics.uncommitted_add(1);
+        p.records_metric.inc();
         let payload = m.payload();
-        match kafka::decode_record(&self.decoder, m.key(), payload, now) {
+        match decoded {
             Ok(ev) => {
                 p.totals.accepted += 1;
                 self.metrics.accepted.inc();
-                self.metrics.heard(ev.sensor);
+                self.metrics.heard(ev.sensor, now);
                 match p.stage.push(&ev) {
                     Admit::Late => self.metrics.late.inc(),
                     Admit::Duplicate => self.metrics.duplicates.inc(),
@@ -457,29 +515,49 @@ pub fn run(
 
     let mut last_tick = Instant::now();
     let mut last_poll_error: Option<(String, Instant)> = None;
+    let mut poll_error = |e: rdkafka::error::KafkaError| {
+        metrics.kafka_errors.inc();
+        let text = e.to_string();
+        let repeat = last_poll_error
+            .as_ref()
+            .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
+        if !repeat {
+            tracing::warn!(error = %text, "kafka: consumer error (retrying; the service catches up when the broker is back)");
+            last_poll_error = Some((text, Instant::now()));
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
         metrics.alive();
+        // A batch: the first record waits up to 100 ms, the rest are what is already fetched.
+        // (A rebalance may run inside these polls; records of a partition revoked meanwhile are
+        // left to its next owner, and a partition assigned again starts at its checkpoint.)
+        let mut batch = Vec::new();
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(e)) => {
-                metrics.kafka_errors.inc();
-                let text = e.to_string();
-                let repeat = last_poll_error
-                    .as_ref()
-                    .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
-                if !repeat {
-                    tracing::warn!(error = %text, "kafka: consumer error (retrying; the service catches up when the broker is back)");
-                    last_poll_error = Some((text, Instant::now()));
+            Some(Err(e)) => poll_error(e),
+            Some(Ok(m)) => batch.push(m),
+        }
+        while !batch.is_empty() && batch.len() < BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => {
+                    poll_error(e);
+                    break;
                 }
+                None => break,
             }
-            Some(Ok(m)) => {
-                let mut parts = shared.parts.lock().expect("partition lock");
+        }
+        if !batch.is_empty() {
+            let now = now_ms();
+            let decoded = shared.decode_batch(&batch, now);
+            let mut parts = shared.parts.lock().expect("partition lock");
+            for (m, d) in batch.iter().zip(decoded) {
                 match parts.get_mut(&m.partition()) {
-                    Some(p) => shared.consume(p, &m),
-                    None => tracing::error!(
+                    Some(p) => shared.consume(p, m, d, now),
+                    None => tracing::debug!(
                         partition = m.partition(),
                         offset = m.offset(),
-                        "record of a partition that is not assigned here; it is left for its owner"
+                        "record of a partition no longer assigned here; left to its owner"
                     ),
                 }
             }
@@ -522,4 +600,107 @@ pub fn run(
         failures.join("; ")
     );
     Ok(summary)
+}
+
+/// Pipeline-level alerts of the running service, evaluated every second on the runtime (so a
+/// consumer thread blocked on storage is still noticed):
+///
+/// * `pipeline_stalled` — records wait (consumed but not committed, or lag in Kafka) and nothing
+///   has been committed for `service.stall_after`;
+/// * `consumer_lag_growing` — the consumer lag has been above zero and higher than
+///   `service.stall_after` ago for that whole time.
+///
+/// Each is raised once when it starts and resolved once when it ends, through the `[alerts]`
+/// routes (stdout, log file, webhook).
+pub async fn watch(cfg: Config, metrics: Arc<Metrics>) {
+    let stall = cfg.service.stall_after_ms;
+    let mut stalled_since: Option<i64> = None;
+    let mut growing_since: Option<i64> = None;
+    let mut lag_samples: std::collections::VecDeque<(i64, i64)> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        let since_commit = now - metrics.last_commit_ms();
+        let is_stalled = metrics.waiting() && since_commit >= stall;
+        let lag = metrics.total_lag();
+        lag_samples.push_back((now, lag));
+        while lag_samples.len() > 1 && lag_samples[1].0 <= now - stall {
+            lag_samples.pop_front();
+        }
+        let old = lag_samples.front().copied();
+        let is_growing = old.is_some_and(|(t, l)| {
+            t <= now - stall && lag > l && lag_samples.iter().all(|&(_, x)| x > 0)
+        });
+        let mut raised = Vec::new();
+        match (is_stalled, stalled_since) {
+            (true, None) => {
+                let start = metrics.last_commit_ms();
+                stalled_since = Some(start);
+                raised.push(crate::alerts::pipeline_alert(
+                    &cfg,
+                    "pipeline_stalled",
+                    start,
+                    now,
+                    true,
+                    serde_json::json!({"seconds_since_last_commit": since_commit / 1000, "consumer_lag": lag}),
+                    "Records are waiting but nothing has been stored: check the storage (credentials, \
+                     space, S3 reachability) and the service log for the failing write.",
+                ));
+            }
+            (false, Some(start)) => {
+                stalled_since = None;
+                raised.push(crate::alerts::pipeline_alert(
+                    &cfg,
+                    "pipeline_stalled",
+                    start,
+                    now,
+                    false,
+                    serde_json::json!({"consumer_lag": lag}),
+                    "Commits resumed; nothing to do.",
+                ));
+            }
+            _ => {}
+        }
+        match (is_growing, growing_since) {
+            (true, None) => {
+                let start = old.map_or(now, |o| o.0);
+                growing_since = Some(start);
+                raised.push(crate::alerts::pipeline_alert(
+                    &cfg,
+                    "consumer_lag_growing",
+                    start,
+                    now,
+                    true,
+                    serde_json::json!({"consumer_lag": lag, "lag_before": old.map(|o| o.1)}),
+                    "The service falls behind the gateways: check its CPU and storage latency, or \
+                     start another `jinryu run` in the same group to share the partitions.",
+                ));
+            }
+            (false, Some(start)) => {
+                growing_since = None;
+                raised.push(crate::alerts::pipeline_alert(
+                    &cfg,
+                    "consumer_lag_growing",
+                    start,
+                    now,
+                    false,
+                    serde_json::json!({"consumer_lag": lag}),
+                    "The lag stopped growing; nothing to do.",
+                ));
+            }
+            _ => {}
+        }
+        if !raised.is_empty() {
+            let routes = cfg.alerts.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::alerts::route::route(
+                    &raised,
+                    true,
+                    routes.log_file.as_deref(),
+                    routes.webhook.as_ref(),
+                )
+            });
+        }
+    }
 }

@@ -80,6 +80,29 @@ pub async fn wait_complete(storage: &Storage, records: u64, within: Duration) ->
     }
 }
 
+/// A child process that is killed when dropped (a failing test leaves no service running).
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// A single-node Apache Kafka broker (docker/kafka/broker.sh), killed when dropped.
 pub struct Broker {
     pub port: u16,
