@@ -416,3 +416,42 @@ async fn webhook_delivers_and_a_down_webhook_is_reported() {
     assert!(d2.errors[0].contains("not delivered after 2 attempts"));
     assert!(t.elapsed() < Duration::from_secs(30));
 }
+
+#[tokio::test]
+async fn a_day_with_many_rejected_messages_trips_quarantine_rate() {
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    // The rate is judged by the day the messages were received: today, for this ingest.
+    let today = cfg.window.local_date(chrono::Utc::now().timestamp_millis());
+    let mut input = String::new();
+    for i in 0..300 {
+        input.push_str(&format!(
+            "{{\"sensor_id\":\"J1-1\",\"ts\":{},\"direction\":\"north\",\"count\":1}}\n",
+            at(6, 9, 0) + i * 1000
+        ));
+    }
+    load(&storage, &cfg, input.clone(), "gateway").await;
+    let run = check(&storage, &cfg, today, today).await;
+    assert!(
+        run.all.iter().all(|a| a.kind != "quarantine_rate"),
+        "{:#?}",
+        run.all
+    );
+    // The same input again with 10 broken messages (3 % of 310, above the 1 % default).
+    for _ in 0..10 {
+        input.push_str(
+            "{\"sensor_id\":\"J1-1\",\"ts\":\"yesterday\",\"direction\":\"north\",\"count\":1}\n",
+        );
+    }
+    load(&storage, &cfg, input, "gateway").await;
+    let run = check(&storage, &cfg, today, today).await;
+    let a = find(&run.all, "quarantine_rate", None);
+    assert!(
+        a.evidence["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("10 of 310 messages received on"),
+        "{a:#?}"
+    );
+    assert_eq!(a.severity, "warning");
+}

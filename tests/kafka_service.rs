@@ -189,6 +189,17 @@ async fn kafka_only_rejections_are_quarantined_with_their_offset() {
             "{pos} {reason} missing:\n{text}"
         );
     }
+    // The intake table (the quarantine rate's denominator) counts the partition's records.
+    let intake = jinryu::jobs::query(
+        &ctx,
+        "SELECT sum(records) AS r, sum(quarantined) AS q, min(source) AS s FROM intake",
+    )
+    .await
+    .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&intake)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| 6 | 5 | kafka-odd-0 |"), "{text}");
     let rows = jinryu::jobs::query(&ctx, "SELECT sum(\"count\") FROM flow_15min")
         .await
         .unwrap();

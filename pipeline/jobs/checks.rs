@@ -45,6 +45,8 @@ pub struct Thresholds {
     pub share_drift: f64,
     /// `late_rate`: largest acceptable share of late messages in a day.
     pub late_rate: f64,
+    /// `quarantine_rate`: largest acceptable share of quarantined messages among a day's intake.
+    pub quarantine_rate: f64,
 }
 
 impl Default for Thresholds {
@@ -60,6 +62,7 @@ impl Default for Thresholds {
             history_days: 28,
             share_drift: 0.10,
             late_rate: 0.05,
+            quarantine_rate: 0.01,
         }
     }
 }
@@ -75,7 +78,7 @@ pub struct Check {
 }
 
 /// Every check, in the order they run.
-pub const CHECKS: [Check; 8] = [
+pub const CHECKS: [Check; 9] = [
     Check {
         kind: "sensor_offline",
         sql: include_str!("../../sql/checks/sensor_offline.sql"),
@@ -130,6 +133,13 @@ pub const CHECKS: [Check; 8] = [
         sql: include_str!("../../sql/checks/late_rate.sql"),
         severity: "info",
         action: "Gateways deliver late: check network latency and outages or gateway buffering. Late data are counted, but a deliverable built before they arrived is short.",
+        per_window: false,
+    },
+    Check {
+        kind: "quarantine_rate",
+        sql: include_str!("../../sql/checks/quarantine_rate.sql"),
+        severity: "warning",
+        action: "Many messages are rejected: look at the day's quarantine reasons (jinryu sql \"SELECT reason, count(*) FROM quarantine WHERE date = '…' GROUP BY reason\"); a gateway or firmware update usually explains it. Fix the sender, then re-ingest the quarantined payloads.",
         per_window: false,
     },
 ];
@@ -237,6 +247,7 @@ fn fill(
         .replace("{{level_k}}", &format!("{:.6}", t.level_k))
         .replace("{{level_min_delta}}", &t.level_min_delta.to_string())
         .replace("{{late_rate}}", &format!("{:.6}", t.late_rate))
+        .replace("{{quarantine_rate}}", &format!("{:.6}", t.quarantine_rate))
         .replace("{{share_drift}}", &format!("{:.6}", t.share_drift))
 }
 

@@ -113,8 +113,90 @@ pub async fn context(cfg: &Config, storage: &Storage) -> anyhow::Result<SessionC
         Arc::new(MemTable::try_new(dirs.schema(), vec![vec![dirs]])?),
     )?;
 
+    let intake = intake_batch(cfg, storage).await?;
+    ctx.register_table(
+        "intake",
+        Arc::new(MemTable::try_new(intake.schema(), vec![vec![intake]])?),
+    )?;
+
     ctx.sql(FLOW_15MIN_SQL).await?.collect().await?;
     Ok(ctx)
+}
+
+/// The `intake` table: messages received per local day and source, and how many of them were
+/// quarantined — from the file runs' manifests (`_sources/`) and the service's checkpoints
+/// (`_checkpoints/`). The denominator of the quarantine rate.
+async fn intake_batch(cfg: &Config, storage: &Storage) -> anyhow::Result<RecordBatch> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let mut rows: Vec<(String, String, u64, u64)> = Vec::new();
+    for dir in ["_sources", "_checkpoints"] {
+        let prefix = object_store::path::Path::from(dir);
+        let metas: Vec<_> = storage.store().list(Some(&prefix)).try_collect().await?;
+        for m in metas {
+            let bytes = storage.store().get(&m.location).await?.bytes().await?;
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue; // a damaged manifest is reported by the commands that write it
+            };
+            let source = v["source"].as_str().unwrap_or_default().to_string();
+            if dir == "_sources" {
+                let (Some(date), Some(lines)) =
+                    (v["received_date"].as_str(), v["report"]["lines"].as_u64())
+                else {
+                    continue; // a run in progress, or written before the intake existed
+                };
+                let blank = v["report"]["blank"].as_u64().unwrap_or(0);
+                let quarantined = v["report"]["quarantined"].as_u64().unwrap_or(0);
+                if !date.is_empty() {
+                    rows.push((date.to_string(), source, lines - blank, quarantined));
+                }
+            } else if let Some(days) = v["totals"]["by_received_date"].as_object() {
+                for (date, c) in days {
+                    rows.push((
+                        date.clone(),
+                        source.clone(),
+                        c["records"].as_u64().unwrap_or(0),
+                        c["quarantined"].as_u64().unwrap_or(0),
+                    ));
+                }
+            }
+        }
+    }
+    rows.sort();
+    let day_start = |d: &str| {
+        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map(|d| cfg.window.day_start(d))
+            .unwrap_or(0)
+    };
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("date", DataType::Utf8, false),
+            Field::new(
+                "day_start",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("source", DataType::Utf8, false),
+            Field::new("records", DataType::UInt64, false),
+            Field::new("quarantined", DataType::UInt64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))) as ArrayRef,
+            Arc::new(
+                arrow::array::TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| day_start(&r.0)),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+            Arc::new(arrow::array::UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.2),
+            )),
+            Arc::new(arrow::array::UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.3),
+            )),
+        ],
+    )?)
 }
 
 /// Column `i` of a query result as its concrete Arrow array type (the job's SQL fixes the types;
@@ -133,7 +215,7 @@ pub fn column<T: 'static>(b: &RecordBatch, i: usize) -> &T {
 pub async fn query(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
     let df = ctx.sql(sql).await.map_err(|e| {
         anyhow::anyhow!(
-            "{e}\nTables: aggregates, quarantine, sensors, sensor_directions, flow_15min \
+            "{e}\nTables: aggregates, quarantine, intake, sensors, sensor_directions, flow_15min \
              (SHOW TABLES lists them; SHOW COLUMNS FROM aggregates shows the columns)"
         )
     })?;

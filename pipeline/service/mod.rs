@@ -43,6 +43,7 @@ use crate::quarantine::QuarantineRecord;
 use crate::sink::checkpoint::{PartitionLog, PartitionTotals};
 use crate::sink::store::Storage;
 use crate::source::kafka;
+use crate::window::time::partition_value;
 use crate::window::{Admit, AggRow, WindowStage};
 use metrics::{Metrics, PartitionLabel, ReasonLabel};
 
@@ -379,6 +380,7 @@ impl Shared {
         m: &BorrowedMessage<'_>,
         decoded: Result<Event, Rejection>,
         now: i64,
+        date: &str,
     ) {
         let offset = m.offset();
         // Assignment starts at the checkpoint, so this only guards against a record delivered
@@ -396,6 +398,7 @@ impl Shared {
         self.metrics.uncommitted_add(1);
         p.records_metric.inc();
         let payload = m.payload();
+        p.totals.received(date, decoded.is_err());
         match decoded {
             Ok(ev) => {
                 p.totals.accepted += 1;
@@ -549,11 +552,12 @@ pub fn run(
         }
         if !batch.is_empty() {
             let now = now_ms();
+            let date = partition_value(shared.cfg.window.local_date(now));
             let decoded = shared.decode_batch(&batch, now);
             let mut parts = shared.parts.lock().expect("partition lock");
             for (m, d) in batch.iter().zip(decoded) {
                 match parts.get_mut(&m.partition()) {
-                    Some(p) => shared.consume(p, m, d, now),
+                    Some(p) => shared.consume(p, m, d, now, &date),
                     None => tracing::debug!(
                         partition = m.partition(),
                         offset = m.offset(),

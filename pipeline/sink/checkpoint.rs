@@ -44,6 +44,37 @@ pub struct PartitionTotals {
     pub reasons: BTreeMap<String, u64>,
     pub rows_written: u64,
     pub objects_written: u64,
+    /// Records and quarantined records by the local date they were consumed (the `intake`
+    /// table; the last [`RECEIVED_DAYS_KEPT`] days).
+    #[serde(default)]
+    pub by_received_date: BTreeMap<String, ReceivedCounts>,
+}
+
+/// Days of [`PartitionTotals::by_received_date`] kept in a checkpoint.
+pub const RECEIVED_DAYS_KEPT: usize = 400;
+
+/// What one partition received on one day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedCounts {
+    pub records: u64,
+    pub quarantined: u64,
+}
+
+impl PartitionTotals {
+    /// Counts one record received on `date` (YYYY-MM-DD, local).
+    pub fn received(&mut self, date: &str, quarantined: bool) {
+        let c = match self.by_received_date.get_mut(date) {
+            Some(c) => c,
+            None => {
+                if self.by_received_date.len() >= RECEIVED_DAYS_KEPT {
+                    self.by_received_date.pop_first();
+                }
+                self.by_received_date.entry(date.to_string()).or_default()
+            }
+        };
+        c.records += 1;
+        c.quarantined += u64::from(quarantined);
+    }
 }
 
 /// What `_checkpoints/<source>.json` holds.

@@ -63,6 +63,9 @@ pub struct Manifest {
     /// The run's report (counts), once complete.
     #[serde(default)]
     pub report: serde_json::Value,
+    /// Local date the run read its input (the `intake` table's date).
+    #[serde(default)]
+    pub received_date: String,
 }
 
 /// Object names of one epoch.
@@ -158,6 +161,7 @@ impl SourceWriter {
             status: status.to_string(),
             objects,
             report,
+            received_date: self.received_date.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&m).expect("manifest serialises");
         self.put(manifest_path(&self.source).as_ref(), bytes).await
