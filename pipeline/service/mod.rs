@@ -504,6 +504,10 @@ pub fn run(
             ("enable.partition.eof", "false"),
             ("statistics.interval.ms", "5000"),
             ("max.poll.interval.ms", "600000"),
+            // Larger fetches than librdkafka's 1 MB per partition: the bench went from 0.15 to
+            // 0.4 M records/s with these (BENCHMARKS.md). Overridable in [kafka.properties].
+            ("max.partition.fetch.bytes", "4194304"),
+            ("fetch.max.bytes", "67108864"),
             ("session.timeout.ms", "30000"),
         ],
     )
