@@ -381,6 +381,7 @@ impl Shared {
         decoded: Result<Event, Rejection>,
         now: i64,
         date: &str,
+        at: Instant,
     ) {
         let offset = m.offset();
         // Assignment starts at the checkpoint, so this only guards against a record delivered
@@ -392,7 +393,7 @@ impl Shared {
         p.first.get_or_insert(offset);
         p.next = offset + 1;
         p.dirty = true;
-        p.last_input = Instant::now();
+        p.last_input = at;
         p.totals.records += 1;
         p.uncommitted += 1;
         self.metrics.uncommitted_add(1);
@@ -555,13 +556,15 @@ pub fn run(
             }
         }
         if !batch.is_empty() {
+            // One clock reading per batch (reading it per record was ~10 % of the CPU profile).
             let now = now_ms();
+            let at = Instant::now();
             let date = partition_value(shared.cfg.window.local_date(now));
             let decoded = shared.decode_batch(&batch, now);
             let mut parts = shared.parts.lock().expect("partition lock");
             for (m, d) in batch.iter().zip(decoded) {
                 match parts.get_mut(&m.partition()) {
-                    Some(p) => shared.consume(p, m, d, now, &date),
+                    Some(p) => shared.consume(p, m, d, now, &date, at),
                     None => tracing::debug!(
                         partition = m.partition(),
                         offset = m.offset(),
