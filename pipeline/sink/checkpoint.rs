@@ -2,15 +2,17 @@
 //! `_checkpoints/<source>.json`, that says how far the partition has been consumed *and* holds the
 //! window stage's state at that offset. It is the commit point of the service:
 //!
-//! 1. the checkpoint is rewritten with the epoch's object names under `pending` (intent);
+//! 1. `_pending/<source>.json` names the epoch's number and objects (intent; a small object, so
+//!    the window state is not encoded twice per epoch);
 //! 2. the epoch's Parquet objects are stored (each `put` is atomic);
-//! 3. the checkpoint is rewritten with `next_offset` moved past the epoch, the new window state and
-//!    `pending` empty — from here on the epoch is committed;
+//! 3. the checkpoint is rewritten with the epoch's number, `next_offset` moved past the epoch and
+//!    the new window state — from here on the epoch is committed;
 //! 4. only then is the offset committed to Kafka (for the consumer group and lag monitoring).
 //!
-//! A process that dies anywhere in between leaves a checkpoint that is either the old one plus a
-//! `pending` list (its objects are deleted on restart, then rewritten under the same names from the
-//! same offset) or the new one. Kafka's committed offset is never ahead of the checkpoint; records
+//! A process that dies anywhere in between leaves either the old checkpoint and an intent for the
+//! next epoch (its objects are deleted on restart, then rewritten under the same names from the
+//! same offset) or the new checkpoint (an intent whose epoch is not after the checkpoint's was
+//! committed and is left alone). Kafka's committed offset is never ahead of the checkpoint; records
 //! below `next_offset` that Kafka delivers again are skipped. Each consumed record therefore ends up
 //! in exactly one committed epoch.
 //!
@@ -21,11 +23,10 @@
 use std::collections::BTreeMap;
 
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::store::Storage;
-use super::writer::{EpochWritten, SinkError, encode_epoch};
+use super::writer::{EpochWritten, SinkError, delete_object, encode_epoch, put_object, read_json};
 use crate::config::SensorRegistry;
 use crate::quarantine::QuarantineRecord;
 use crate::window::AggRow;
@@ -87,9 +88,6 @@ pub struct Checkpoint {
     pub next_offset: i64,
     /// Epochs committed so far.
     pub epoch: u64,
-    /// Objects of an epoch being written (not committed): deleted on restart.
-    #[serde(default)]
-    pub pending: Vec<String>,
     pub totals: PartitionTotals,
     /// Wall clock of the commit, RFC 3339.
     pub committed_at: String,
@@ -99,6 +97,18 @@ pub struct Checkpoint {
 /// The checkpoint path of a source.
 pub fn checkpoint_path(source: &str) -> Path {
     Path::from(format!("_checkpoints/{source}.json"))
+}
+
+/// What `_pending/<source>.json` holds: the epoch being written and its objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub epoch: u64,
+    pub objects: Vec<String>,
+}
+
+/// The intent path of a source.
+pub fn intent_path(source: &str) -> Path {
+    Path::from(format!("_pending/{source}.json"))
 }
 
 /// The source id of a topic-partition (appears in object names).
@@ -118,54 +128,26 @@ impl PartitionLog {
     /// was being written when the previous owner stopped.
     pub async fn open(storage: Storage, topic: &str, partition: i32) -> Result<Self, SinkError> {
         let source = partition_source(topic, partition);
-        let path = checkpoint_path(&source);
-        let last = match storage.store().get(&path).await {
-            Ok(got) => {
-                let bytes = got.bytes().await.map_err(|e| SinkError::Get {
-                    path: path.to_string(),
-                    storage: storage.url.clone(),
-                    source: e,
-                })?;
-                serde_json::from_slice(&bytes).map_err(|e| SinkError::Manifest {
-                    path: path.to_string(),
-                    source: e,
-                })?
-            }
-            Err(object_store::Error::NotFound { .. }) => Checkpoint {
+        let last = read_json::<Checkpoint>(&storage, &checkpoint_path(&source))
+            .await?
+            .unwrap_or_else(|| Checkpoint {
                 source: source.clone(),
                 topic: topic.to_string(),
                 partition,
                 next_offset: -1,
                 ..Checkpoint::default()
-            },
-            Err(e) => {
-                return Err(SinkError::Get {
-                    path: path.to_string(),
-                    storage: storage.url.clone(),
-                    source: e,
-                });
+            });
+        let intent_at = intent_path(&source);
+        if let Some(intent) = read_json::<Intent>(&storage, &intent_at).await?
+            && intent.epoch > last.epoch
+        {
+            for p in &intent.objects {
+                delete_object(&storage, p).await?;
+                tracing::info!(object = %p, "removed an uncommitted object of the previous owner");
             }
-        };
-        let mut log = PartitionLog { storage, last };
-        if !log.last.pending.is_empty() {
-            for p in std::mem::take(&mut log.last.pending) {
-                match log.storage.store().delete(&Path::from(p.as_str())).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                        tracing::info!(object = %p, "removed an uncommitted object of the previous owner");
-                    }
-                    Err(e) => {
-                        return Err(SinkError::Put {
-                            path: p,
-                            storage: log.storage.url.clone(),
-                            source: e,
-                        });
-                    }
-                }
-            }
-            let last = log.last.clone();
-            log.put(&last).await?;
+            delete_object(&storage, intent_at.as_ref()).await?;
         }
-        Ok(log)
+        Ok(PartitionLog { storage, last })
     }
 
     /// The last committed checkpoint (`next_offset` is -1 before the first commit).
@@ -174,31 +156,8 @@ impl PartitionLog {
     }
 
     async fn put(&self, cp: &Checkpoint) -> Result<(), SinkError> {
-        let path = checkpoint_path(&cp.source);
         let bytes = serde_json::to_vec(cp).expect("checkpoint serialises");
-        self.storage
-            .store()
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|e| SinkError::Put {
-                path: path.to_string(),
-                storage: self.storage.url.clone(),
-                source: e,
-            })?;
-        Ok(())
-    }
-
-    async fn put_object(&self, path: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
-        self.storage
-            .store()
-            .put(&Path::from(path), PutPayload::from(bytes))
-            .await
-            .map_err(|e| SinkError::Put {
-                path: path.to_string(),
-                storage: self.storage.url.clone(),
-                source: e,
-            })?;
-        Ok(())
+        put_object(&self.storage, checkpoint_path(&cp.source).as_ref(), bytes).await
     }
 
     /// Commits one epoch: the rows and quarantine records emitted since the last commit, the
@@ -227,11 +186,19 @@ impl PartitionLog {
         let (objects, mut out) =
             encode_epoch(spec, registry, &name, &received_date, rows, quarantine)?;
         if !objects.is_empty() {
-            let mut intent = self.last.clone();
-            intent.pending = objects.iter().map(|(p, _)| p.clone()).collect();
-            self.put(&intent).await?;
+            let intent = Intent {
+                epoch,
+                objects: objects.iter().map(|(p, _)| p.clone()).collect(),
+            };
+            let bytes = serde_json::to_vec(&intent).expect("intent serialises");
+            put_object(
+                &self.storage,
+                intent_path(&self.last.source).as_ref(),
+                bytes,
+            )
+            .await?;
             for (path, bytes) in objects {
-                self.put_object(&path, bytes).await?;
+                put_object(&self.storage, &path, bytes).await?;
                 out.objects.push(path);
             }
         }
@@ -244,7 +211,6 @@ impl PartitionLog {
             partition: self.last.partition,
             next_offset,
             epoch,
-            pending: Vec::new(),
             totals,
             committed_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             state,
@@ -319,11 +285,20 @@ mod tests {
         assert_eq!(log.committed().next_offset, 10);
 
         // A crash after the intent and one object of epoch 2, before its checkpoint.
-        let mut intent = log.committed().clone();
         let orphan = "aggregates/date=2026-11-02/part-kafka-events-2-000000000010-00000002.parquet";
-        intent.pending = vec![orphan.to_string()];
-        log.put(&intent).await.unwrap();
-        log.put_object(orphan, b"half an epoch".to_vec())
+        let intent = Intent {
+            epoch: 2,
+            objects: vec![orphan.to_string()],
+        };
+        let source = &log.committed().source;
+        put_object(
+            &storage,
+            intent_path(source).as_ref(),
+            serde_json::to_vec(&intent).unwrap(),
+        )
+        .await
+        .unwrap();
+        put_object(&storage, orphan, b"half an epoch".to_vec())
             .await
             .unwrap();
 
@@ -331,12 +306,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reopened.committed().next_offset, 10);
-        assert!(reopened.committed().pending.is_empty());
         let objects = list(&storage).await;
         assert!(!objects.iter().any(|o| o == orphan), "{objects:?}");
         assert!(objects.contains(&w.objects[0]), "{objects:?}");
-        // The stored checkpoint no longer names the orphan either.
-        let again = PartitionLog::open(storage, "events", 2).await.unwrap();
-        assert!(again.committed().pending.is_empty());
+        assert!(
+            !objects.iter().any(|o| o.starts_with("_pending/")),
+            "{objects:?}"
+        );
+
+        // The intent of a committed epoch is left alone: its objects stay.
+        let mut log = reopened;
+        let w2 = log
+            .commit(
+                &cfg.window,
+                &reg,
+                10,
+                20,
+                &[row(ws + 900_000)],
+                &[],
+                stage.snapshot(),
+                &PartitionTotals::default(),
+            )
+            .await
+            .unwrap();
+        PartitionLog::open(storage.clone(), "events", 2)
+            .await
+            .unwrap();
+        let objects = list(&storage).await;
+        assert!(objects.contains(&w2.objects[0]), "{objects:?}");
+        assert!(objects.contains(&w.objects[0]), "{objects:?}");
     }
 }

@@ -88,6 +88,59 @@ pub struct SourceWriter {
     written: BTreeSet<String>,
 }
 
+/// Stores one object (atomic: complete or absent).
+pub(crate) async fn put_object(
+    storage: &Storage,
+    path: &str,
+    bytes: Vec<u8>,
+) -> Result<(), SinkError> {
+    storage
+        .store()
+        .put(&Path::from(path), PutPayload::from(bytes))
+        .await
+        .map_err(|e| SinkError::Put {
+            path: path.to_string(),
+            storage: storage.url.clone(),
+            source: e,
+        })?;
+    Ok(())
+}
+
+/// Deletes one object; an object that is already gone is fine.
+pub(crate) async fn delete_object(storage: &Storage, path: &str) -> Result<(), SinkError> {
+    match storage.store().delete(&Path::from(path)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(SinkError::Put {
+            path: path.to_string(),
+            storage: storage.url.clone(),
+            source: e,
+        }),
+    }
+}
+
+/// Reads a JSON manifest or checkpoint; `None` when it does not exist.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    storage: &Storage,
+    path: &Path,
+) -> Result<Option<T>, SinkError> {
+    let get_err = |e| SinkError::Get {
+        path: path.to_string(),
+        storage: storage.url.clone(),
+        source: e,
+    };
+    let bytes = match storage.store().get(path).await {
+        Ok(got) => got.bytes().await.map_err(get_err)?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(get_err(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| SinkError::Manifest {
+            path: path.to_string(),
+            source: e,
+        })
+}
+
 fn manifest_path(source: &str) -> Path {
     Path::from(format!("_sources/{source}.json"))
 }
@@ -101,30 +154,10 @@ impl SourceWriter {
         source: &str,
         received_at_ms: i64,
     ) -> Result<SourceWriter, SinkError> {
-        let path = manifest_path(source);
-        let stale = match storage.store().get(&path).await {
-            Ok(got) => {
-                let bytes = got.bytes().await.map_err(|e| SinkError::Get {
-                    path: path.to_string(),
-                    storage: storage.url.clone(),
-                    source: e,
-                })?;
-                let m: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| SinkError::Manifest {
-                        path: path.to_string(),
-                        source: e,
-                    })?;
-                m.objects
-            }
-            Err(object_store::Error::NotFound { .. }) => BTreeSet::new(),
-            Err(e) => {
-                return Err(SinkError::Get {
-                    path: path.to_string(),
-                    storage: storage.url.clone(),
-                    source: e,
-                });
-            }
-        };
+        let stale = read_json::<Manifest>(&storage, &manifest_path(source))
+            .await?
+            .map(|m| m.objects)
+            .unwrap_or_default();
         let received_date = partition_value(spec.local_date(received_at_ms));
         Ok(SourceWriter {
             storage,
@@ -138,16 +171,7 @@ impl SourceWriter {
     }
 
     async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
-        self.storage
-            .store()
-            .put(&Path::from(path), PutPayload::from(bytes))
-            .await
-            .map_err(|e| SinkError::Put {
-                path: path.to_string(),
-                storage: self.storage.url.clone(),
-                source: e,
-            })?;
-        Ok(())
+        put_object(&self.storage, path, bytes).await
     }
 
     async fn put_manifest(
@@ -210,21 +234,8 @@ impl SourceWriter {
             .await?;
         let mut removed = 0;
         for stale in self.stale.difference(&self.written) {
-            match self
-                .storage
-                .store()
-                .delete(&Path::from(stale.as_str()))
-                .await
-            {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
-                Err(e) => {
-                    return Err(SinkError::Put {
-                        path: stale.clone(),
-                        storage: self.storage.url.clone(),
-                        source: e,
-                    });
-                }
-            }
+            delete_object(&self.storage, stale).await?;
+            removed += 1;
         }
         Ok((self.written.len(), removed))
     }
