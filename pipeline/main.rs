@@ -334,59 +334,29 @@ async fn run_checks(
 
 /// `jinryu run`: the consumer on its own thread, /healthz and /metrics and the signals here.
 async fn run_service(cfg: Config) -> anyhow::Result<()> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let storage = Storage::open(&cfg.storage_url)?;
-    let ids = cfg
-        .registry
-        .sensors()
-        .iter()
-        .map(|s| s.id.clone())
-        .collect();
-    let metrics = jinryu::service::metrics::Metrics::new(ids);
+    let metrics = jinryu::service::metrics_for(&cfg);
     let addr = jinryu::service::metrics::serve(metrics.clone(), cfg.service.listen).await?;
     eprintln!("jinryu run: /healthz and /metrics on http://{addr}");
     tokio::spawn(jinryu::service::watch(cfg.clone(), metrics.clone()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let rt = tokio::runtime::Handle::current();
-    let worker = {
-        let (metrics, stop) = (metrics.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("jinryu-consumer".into())
-            .spawn(move || {
-                let r = jinryu::service::run(cfg, storage, rt, metrics.clone(), stop);
-                if let Err(e) = &r {
-                    metrics.fail(format!("{e:#}"));
-                }
-                r
-            })?
-    };
+    let running = jinryu::service::spawn(cfg, storage, tokio::runtime::Handle::current(), metrics)?;
+    let stop = running.stop.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let finished = tokio::task::spawn_blocking(move || worker.join());
+    let finished = tokio::task::spawn_blocking(move || running.join());
     tokio::pin!(finished);
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
-        r = &mut finished => {
-            return match r? {
-                Ok(r) => r.map(|_| ()),
-                Err(_) => Err(anyhow::anyhow!("the consumer thread panicked")),
-            };
-        }
+        r = &mut finished => return r?.map(|_| ()),
     }
     eprintln!("jinryu run: stopping (committing every partition) ...");
-    stop.store(true, Ordering::Relaxed);
-    match finished.await? {
-        Ok(r) => {
-            let s = r?;
-            eprintln!(
-                "jinryu run: stopped cleanly; {} partition(s) committed",
-                s.partitions_committed
-            );
-            Ok(())
-        }
-        Err(_) => Err(anyhow::anyhow!("the consumer thread panicked")),
-    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let s = finished.await??;
+    eprintln!(
+        "jinryu run: stopped cleanly; {} partition(s) committed",
+        s.partitions_committed
+    );
+    Ok(())
 }
 
 fn default_source_id(input: &str) -> String {

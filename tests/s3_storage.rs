@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use jinryu::config::Config;
@@ -75,19 +73,14 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     let settings = cfg.kafka.clone().unwrap();
     let n = records(&stream);
     let storage = Storage::open(url).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let metrics = jinryu::service::metrics::Metrics::new(
-        cfg.registry
-            .sensors()
-            .iter()
-            .map(|s| s.id.clone())
-            .collect(),
-    );
-    let handle = {
-        let (c, s, m, st) = (cfg.clone(), storage.clone(), metrics.clone(), stop.clone());
-        let rt = tokio::runtime::Handle::current();
-        std::thread::spawn(move || jinryu::service::run(c, s, rt, m, st))
-    };
+    let metrics = jinryu::service::metrics_for(&cfg);
+    let run = jinryu::service::spawn(
+        cfg.clone(),
+        storage.clone(),
+        tokio::runtime::Handle::current(),
+        metrics.clone(),
+    )
+    .unwrap();
     let watch = tokio::spawn(jinryu::service::watch(cfg.clone(), metrics.clone()));
     // Gateways publish while the service runs (15,000 records/s, ~6 s), through the outage.
     let publisher = tokio::task::spawn_blocking(move || {
@@ -111,8 +104,7 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     let published = publisher.await.unwrap().unwrap();
     assert_eq!((published.delivered, published.failed), (n, 0));
     wait_complete(&storage, n, Duration::from_secs(180)).await;
-    stop.store(true, Ordering::Relaxed);
-    tokio::task::spawn_blocking(move || handle.join().unwrap())
+    tokio::task::spawn_blocking(move || run.stop_and_join())
         .await
         .unwrap()
         .expect("clean stop");

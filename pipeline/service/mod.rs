@@ -469,6 +469,66 @@ pub struct RunSummary {
     pub partitions_committed: usize,
 }
 
+/// A service running on its own thread (see [`spawn`]).
+pub struct Running {
+    pub metrics: Arc<Metrics>,
+    /// Set to stop: every partition is committed, then the thread ends.
+    pub stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+impl Running {
+    /// Waits for the thread (blocking); a panic becomes an error.
+    pub fn join(self) -> anyhow::Result<RunSummary> {
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?
+    }
+
+    /// Asks the service to stop and waits for it.
+    pub fn stop_and_join(self) -> anyhow::Result<RunSummary> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+}
+
+/// Starts [`run`] on a thread of its own (`jinryu-consumer`); a failure is also recorded in
+/// `metrics` so that `/healthz` reports it. `rt` runs the storage calls.
+pub fn spawn(
+    cfg: Config,
+    storage: Storage,
+    rt: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<Running> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (m, st) = (metrics.clone(), stop.clone());
+    let handle = std::thread::Builder::new()
+        .name("jinryu-consumer".into())
+        .spawn(move || {
+            let r = run(cfg, storage, rt, m.clone(), st);
+            if let Err(e) = &r {
+                m.fail(format!("{e:#}"));
+            }
+            r
+        })?;
+    Ok(Running {
+        metrics,
+        stop,
+        handle,
+    })
+}
+
+/// The metrics of a configuration's sensors.
+pub fn metrics_for(cfg: &Config) -> Arc<Metrics> {
+    Metrics::new(
+        cfg.registry
+            .sensors()
+            .iter()
+            .map(|s| s.id.clone())
+            .collect(),
+    )
+}
+
 /// Runs the service until `stop` is set (SIGTERM / SIGINT), then commits every partition and
 /// leaves the group. Call from a thread outside the runtime behind `rt`.
 pub fn run(
