@@ -4,6 +4,9 @@
 //! Run: `cargo bench --bench ingest_e2e` (JINRYU_BENCH_EVENTS overrides the event count).
 //! The input is generated once into $TMPDIR/jinryu-bench/ and reused. Results: BENCHMARKS.md.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -11,13 +14,6 @@ use std::time::Instant;
 use jinryu::simulate::load;
 
 const START_MS: i64 = 1_793_545_200_000; // 2026-11-02T00:00:00+09:00
-
-fn peak_child_rss_mb() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss as f64 / 1024.0
-}
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful: only run for real
@@ -90,7 +86,7 @@ fn main() {
         bytes as f64 / 1e6,
         events as f64 / secs / 1e6,
         bytes as f64 / secs / 1e6,
-        peak_child_rss_mb(),
+        support::peak_child_rss_mb(),
         report["rows_written"]
     );
 }

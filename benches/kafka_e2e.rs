@@ -18,13 +18,6 @@ use jinryu::sink::store::Storage;
 
 const START_MS: i64 = 1_793_545_200_000; // 2026-11-02T00:00:00+09:00
 
-fn peak_child_rss_mb() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss as f64 / 1024.0
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("kafka_e2e: run with `cargo bench --bench kafka_e2e`");
@@ -129,6 +122,6 @@ fn main() {
         events as f64 / publish_secs / 1e6,
         events as f64 / secs / 1e6,
         (events - d1) as f64 / (secs - t1) / 1e6,
-        peak_child_rss_mb()
+        support::peak_child_rss_mb()
     );
 }

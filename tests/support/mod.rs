@@ -319,3 +319,11 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// Peak RSS (MB) of the largest child process waited for so far (benches).
+pub fn peak_child_rss_mb() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss as f64 / 1024.0
+}
