@@ -54,7 +54,11 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     assert!(v.mismatches.is_empty(), "{:#?}", v.mismatches);
     assert!(v.live_windows > 1000);
 
-    // 2. The service (mock Kafka cluster) into another prefix, the server frozen mid-run.
+    // 2. The service (mock Kafka cluster) into another prefix. The outage starts after the first
+    // half of the stream is committed and holds the consumer in a commit while the rest — led by
+    // gateway retries of messages from before the outage — piles up in Kafka for longer than
+    // `idle_timeout`. Those retries must still count once: a consumer that was held up is not a
+    // quiet partition, so wall-clock time must not close (and forget) the windows they belong to.
     let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
     mock.create_topic("events", 4, 1).unwrap();
     let url = "s3://jinryu-test/city/service";
@@ -70,8 +74,46 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     )
     .unwrap();
     assert_eq!(cfg.service.stall_after_ms, 2000);
+    assert_eq!(cfg.service.idle_timeout_ms, 2000);
+    let lines: Vec<&[u8]> = stream
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let half = lines.len() / 2;
+    let retried: Vec<&[u8]> = lines[..half]
+        .iter()
+        .rev()
+        .filter(|l| {
+            let l = String::from_utf8_lossy(l);
+            l.contains("\"count\":") && l.contains("\"seq\":")
+        })
+        .take(400)
+        .copied()
+        .collect();
+    assert_eq!(retried.len(), 400);
+    let join = |part: &[&[u8]]| -> Vec<u8> {
+        part.iter()
+            .flat_map(|l| l.iter().chain(b"\n"))
+            .copied()
+            .collect()
+    };
+    let before = join(&lines[..half]);
+    let trigger = join(&lines[half..half + 2000]);
+    let mut after = join(&retried);
+    after.extend(join(&lines[half + 2000..]));
+    let n = lines.len() as u64 + retried.len() as u64;
+
     let settings = cfg.kafka.clone().unwrap();
-    let n = records(&stream);
+    let publish = move |bytes: Vec<u8>| {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || {
+            let p =
+                jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(bytes), None)
+                    .unwrap();
+            assert_eq!(p.failed, 0);
+            p.delivered
+        })
+    };
     let storage = Storage::open(url).unwrap();
     let metrics = jinryu::service::metrics_for(&cfg);
     let run = jinryu::service::spawn(
@@ -82,32 +124,48 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     )
     .unwrap();
     let watch = tokio::spawn(jinryu::service::watch(cfg.clone(), metrics.clone()));
-    // Gateways publish while the service runs (15,000 records/s, ~6 s), through the outage.
-    let publisher = tokio::task::spawn_blocking(move || {
-        jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(stream), Some(15_000.0))
-    });
+    assert_eq!(publish(before).await.unwrap(), half as u64);
     let t0 = Instant::now();
-    while metrics.commits.get() < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no commit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        let done: u64 = checkpoints(&storage)
+            .await
+            .iter()
+            .map(|c| c.totals.records)
+            .sum();
+        if done == half as u64 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "first half not committed: {done} of {half}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     s3.freeze();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let during = metrics.commits.get();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // New records: the consumer takes them and blocks in the next commit (flush_interval 500 ms).
+    assert_eq!(publish(trigger).await.unwrap(), 2000);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Meanwhile the gateways re-send and go on; the consumer is stuck for > idle_timeout.
+    let rest = publish(after).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
     // Nothing can be committed while the objects cannot be stored.
     assert!(
         metrics.commits.get() <= during + 1,
         "commits while S3 was down"
     );
     s3.thaw();
-    let published = publisher.await.unwrap().unwrap();
-    assert_eq!((published.delivered, published.failed), (n, 0));
+    assert_eq!(half as u64 + 2000 + rest, n);
     wait_complete(&storage, n, Duration::from_secs(180)).await;
     tokio::task::spawn_blocking(move || run.stop_and_join())
         .await
         .unwrap()
         .expect("clean stop");
+    assert_eq!(
+        metrics.duplicates.get(),
+        truth.retries + retried.len() as u64,
+        "every retry, before and across the outage, recognised as one"
+    );
     let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
     let v = jinryu::demo::verify(&ctx, &cfg, &truth).await.unwrap();
     assert!(v.mismatches.is_empty(), "{:#?}", v.mismatches);

@@ -15,7 +15,10 @@
 //! ## Clocks
 //! Heartbeats and events move a partition's watermark. A partition that has been quiet for
 //! `service.idle_timeout` moves it by wall clock (`now − idle_timeout`), so the last windows of a
-//! quiet night are written without traffic. Final rows wait at most `service.flush_interval`;
+//! quiet night are written without traffic. "Quiet" means consumed to the partition's end (as
+//! last seen by the client) with nothing arriving for that long *while the service was
+//! listening*: a consumer held up by a storage outage or working through a backlog never turns
+//! the records waiting for it into late ones (nor forgets their retries). Final rows wait at most `service.flush_interval`;
 //! a consuming partition is checkpointed at least every `service.checkpoint_interval`.
 //!
 //! ## Threads
@@ -56,6 +59,9 @@ type RawRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 /// Most records taken from the client in one go.
 const BATCH: usize = 8192;
 
+/// A loop iteration longer than this was not listening to Kafka (normal: ≤ 100 ms poll + a batch).
+const NOT_LISTENING: Duration = Duration::from_secs(1);
+
 /// Batches at least this large are decoded on two threads.
 const PARALLEL_DECODE_MIN: usize = 1024;
 
@@ -71,6 +77,7 @@ struct Partition {
     rows: Vec<AggRow>,
     quarantine: Vec<QuarantineRecord>,
     totals: PartitionTotals,
+    /// Start of the current quiet period (no record), in time the service was listening.
     last_input: Instant,
     last_commit: Instant,
     /// Consumed anything since the last commit.
@@ -444,10 +451,20 @@ impl Shared {
     fn tick(&self, consumer: &BaseConsumer<Ctx>, parts: &mut BTreeMap<i32, Partition>) {
         let s = &self.cfg.service;
         let now = now_ms();
+        // All clocks first: a commit below may block on storage, and that time is not quiet input.
         for p in parts.values_mut() {
-            if p.last_input.elapsed().as_millis() as i64 >= s.idle_timeout_ms {
+            // Wall clock closes windows only when the partition is quiet *and* consumed to its
+            // end. A consumer that was busy or blocked while records piled up must not jump event
+            // time past them: they would all become late, and retry detection (kept for a horizon
+            // of event time) would forget the windows their retries belong to.
+            if p.last_input.elapsed().as_millis() as i64 >= s.idle_timeout_ms
+                && kafka::cached_high_watermark(consumer.client(), &self.topic, p.id)
+                    .is_some_and(|end| p.next >= end)
+            {
                 p.stage.advance_to(now - s.idle_timeout_ms);
             }
+        }
+        for p in parts.values_mut() {
             if p.stage.has_final() {
                 p.stage.emit_final(&mut p.rows);
             }
@@ -594,8 +611,19 @@ pub fn run(
             last_poll_error = Some((text, Instant::now()));
         }
     };
+    let mut iteration = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         metrics.alive();
+        // Quiet input is measured in time spent listening: a loop that was held up (a commit
+        // retrying against unavailable storage, a long rebalance) moves every quiet period's
+        // start forward by the time it was away.
+        let away = iteration.elapsed();
+        iteration = Instant::now();
+        if away > NOT_LISTENING {
+            for p in shared.parts.lock().expect("partition lock").values_mut() {
+                p.last_input = (p.last_input + away).min(iteration);
+            }
+        }
         // A batch: the first record waits up to 100 ms, the rest are what is already fetched.
         // (A rebalance may run inside these polls; records of a partition revoked meanwhile are
         // left to its next owner, and a partition assigned again starts at its checkpoint.)

@@ -31,6 +31,36 @@ pub fn client_config(
     Ok(c)
 }
 
+/// A partition's end (high watermark) as librdkafka last saw it in a fetch response — no request
+/// is sent. `None` before the partition's first fetch response.
+///
+/// The service only lets wall-clock time close a partition's windows when it has consumed up to
+/// this offset: "nothing arrived for a while" must mean "nothing is waiting", not "the consumer
+/// was busy" (see `service::Shared::tick`). rdkafka 0.39 has no safe wrapper for this call.
+pub fn cached_high_watermark<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: `client` owns the live librdkafka handle for the duration of the call; `topic` is a
+    // NUL-terminated string that outlives it; `low` and `high` are valid for writes. The function
+    // reads librdkafka's cached partition state under its own lock (rdkafka.h,
+    // rd_kafka_get_watermark_offsets) and keeps no pointer.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}
+
 /// The connection settings for logs: every property, secrets masked.
 pub fn describe(settings: &KafkaSettings) -> String {
     let mut parts = vec![

@@ -136,6 +136,10 @@ pub struct WindowStage {
     late: BTreeMap<(i64, u32), Acc>,
     dedup: Dedup,
     watermark: i64,
+    /// Largest event time seen (the watermark without wall-clock moves): retry detection forgets
+    /// a window only once *the data* is past it by the horizon, so a watermark moved by wall clock
+    /// over a backlog of old records can make them late but never makes their retries count.
+    data_time: i64,
     /// Last window computed: (start, end), to skip the time-zone lookup for neighbours.
     cache: (i64, i64),
     stats: WindowStats,
@@ -150,6 +154,7 @@ impl WindowStage {
             late: BTreeMap::new(),
             dedup: Dedup::default(),
             watermark: i64::MIN,
+            data_time: i64::MIN,
             cache: (0, 0),
             stats: WindowStats::default(),
         }
@@ -217,6 +222,9 @@ impl WindowStage {
         if ev.ts_ms > self.watermark {
             self.watermark = ev.ts_ms;
         }
+        if ev.ts_ms > self.data_time {
+            self.data_time = ev.ts_ms;
+        }
         admit
     }
 
@@ -244,7 +252,7 @@ impl WindowStage {
             self.emit_window(ws, w, out);
         }
         let cutoff = self
-            .watermark
+            .data_time
             .saturating_sub(self.spec.size_ms + self.spec.lateness_ms + DEDUP_HORIZON_MS);
         self.dedup.expire(cutoff);
     }
@@ -377,6 +385,28 @@ mod tests {
                 people: 2
             }
         );
+    }
+
+    #[test]
+    fn a_wall_clock_jump_makes_old_records_late_but_never_forgets_their_retries() {
+        // A backlog of old records: the watermark is moved by wall clock far past them (a week),
+        // then more of the backlog arrives, with retries of what was counted before the jump.
+        let mut s = stage();
+        let mut out = Vec::new();
+        assert_eq!(s.push(&count(0, T0, Some(7))), Admit::Counted);
+        s.advance_to(T0 + 7 * 86_400_000);
+        s.emit_final(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(s.push(&count(0, T0, Some(7))), Admit::Duplicate);
+        assert_eq!(s.push(&count(0, T0 + 60_000, Some(8))), Admit::Late);
+        // Restored from a checkpoint, the stage still remembers.
+        let mut r =
+            WindowStage::restore(s.spec.clone(), s.registry.clone(), &s.snapshot()).unwrap();
+        assert_eq!(r.push(&count(0, T0 + 60_000, Some(8))), Admit::Duplicate);
+        // Data time moving on past the horizon is what forgets.
+        r.push(&hb(0, T0 + 2 * DEDUP_HORIZON_MS, true));
+        r.emit_final(&mut out);
+        assert_eq!(r.push(&count(0, T0, Some(7))), Admit::Late);
     }
 
     #[test]

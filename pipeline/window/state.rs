@@ -38,6 +38,9 @@ pub struct SeenState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageState {
     pub watermark: i64,
+    /// Largest event time seen (absent in checkpoints written before it existed: the watermark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_time: Option<i64>,
     pub stats: WindowStats,
     /// Windows not yet final.
     pub open: Vec<AccState>,
@@ -128,6 +131,7 @@ impl WindowStage {
         seen.sort_by(|a, b| (a.window_start, &a.sensor).cmp(&(b.window_start, &b.sensor)));
         StageState {
             watermark: self.watermark,
+            data_time: (self.data_time != i64::MIN).then_some(self.data_time),
             stats: self.stats,
             open,
             late,
@@ -143,6 +147,7 @@ impl WindowStage {
     ) -> Result<WindowStage, String> {
         let mut stage = WindowStage::new(spec, registry.clone());
         stage.watermark = state.watermark;
+        stage.data_time = state.data_time.unwrap_or(state.watermark);
         stage.stats = state.stats;
         let n = registry.len();
         for a in &state.open {
