@@ -4,60 +4,12 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
+use super::fields;
 use super::{Event, EventKind, Reason, Rejection};
 use crate::config::{Limits, SensorRegistry};
 
 /// Longest accepted heartbeat `code`, in characters.
 pub const MAX_CODE_CHARS: usize = 64;
-
-/// A JSON string borrowed from the input when it has no escapes (serde's own `Cow` does not
-/// borrow inside an `Option`, and allocating here costs a fifth of the decode time).
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-/// The message as it arrives. Text fields are borrowed strings (a wrong type is a serde error,
-/// classified as `wrong_type`); numeric fields stay raw so each rule gets its precise reason.
-/// Fields not listed here are ignored by serde — that is where unknown fields are dropped.
-#[derive(Deserialize)]
-struct Wire<'a> {
-    #[serde(borrow, default)]
-    sensor_id: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    ts: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    kind: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    direction: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    count: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    seq: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    status: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    code: Option<Text<'a>>,
-}
 
 /// Decodes and validates messages against the registry and limits.
 #[derive(Debug, Clone)]
@@ -66,8 +18,8 @@ pub struct Decoder {
     limits: Limits,
 }
 
-fn json_type(raw: &RawValue) -> &'static str {
-    match raw.get().as_bytes().first() {
+fn json_type(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
         Some(b'"') => "a string",
         Some(b'{') => "an object",
         Some(b'[') => "an array",
@@ -77,14 +29,8 @@ fn json_type(raw: &RawValue) -> &'static str {
     }
 }
 
-/// A present, non-null field.
-fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
-    raw.filter(|r| r.get() != "null")
-}
-
 /// A non-negative JSON integer, as written (digits only).
-fn digits(raw: &RawValue) -> Option<&str> {
-    let t = raw.get();
+fn digits(t: &str) -> Option<&str> {
     (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then_some(t)
 }
 
@@ -138,21 +84,10 @@ impl Decoder {
                 ),
             ));
         }
-        let wire: Wire = serde_json::from_str(text).map_err(|e| {
-            let msg = e.to_string();
-            let reason = if msg.starts_with("duplicate field") {
-                Reason::DuplicateField
-            } else if msg.starts_with("invalid type") {
-                Reason::WrongType
-            } else {
-                Reason::InvalidJson
-            };
-            Rejection::new(reason, msg)
-        })?;
+        let wire = fields::parse(text)?;
 
         let sensor_id = wire
             .sensor_id
-            .map(|t| t.0)
             .ok_or_else(|| Rejection::new(Reason::MissingField, "`sensor_id` is missing"))?;
         let sensor = self.registry.lookup(&sensor_id).ok_or_else(|| {
             Rejection::new(
@@ -161,26 +96,24 @@ impl Decoder {
             )
         })?;
 
-        let ts_raw = present(wire.ts)
+        let ts_raw = wire
+            .ts
             .ok_or_else(|| Rejection::new(Reason::MissingField, "`ts` is missing"))?;
         let ts_ms = self.timestamp(ts_raw, now_ms)?;
 
-        let seq = match present(wire.seq) {
+        let seq = match wire.seq {
             None => None,
             Some(raw) => Some(digits(raw).and_then(|d| d.parse::<u64>().ok()).ok_or_else(
                 || {
                     Rejection::new(
                         Reason::InvalidSeq,
-                        format!(
-                            "`seq` must be a non-negative integer, got {}",
-                            clip(raw.get())
-                        ),
+                        format!("`seq` must be a non-negative integer, got {}", clip(raw)),
                     )
                 },
             )?),
         };
 
-        let kind = wire.kind.map_or(Cow::Borrowed("count"), |t| t.0);
+        let kind = wire.kind.unwrap_or(Cow::Borrowed("count"));
         let kind = match kind.as_ref() {
             "count" => {
                 if wire.status.is_some() || wire.code.is_some() {
@@ -189,7 +122,7 @@ impl Decoder {
                         "a count event carries `status`/`code`; send those as kind \"heartbeat\"",
                     ));
                 }
-                let dir = wire.direction.map(|t| t.0).ok_or_else(|| {
+                let dir = wire.direction.ok_or_else(|| {
                     Rejection::new(Reason::MissingField, "`direction` is missing")
                 })?;
                 let direction = self.registry.direction(sensor, &dir).ok_or_else(|| {
@@ -203,14 +136,14 @@ impl Decoder {
                         ),
                     )
                 })?;
-                let count = match present(wire.count) {
+                let count = match wire.count {
                     None => 1,
                     Some(raw) => self.count(raw)?,
                 };
                 EventKind::Count { direction, count }
             }
             "heartbeat" => {
-                if present(wire.count).is_some() || wire.direction.is_some() {
+                if wire.count.is_some() || wire.direction.is_some() {
                     return Err(Rejection::new(
                         Reason::FieldNotAllowed,
                         "a heartbeat carries `count`/`direction`; people counts must be sent as kind \"count\"",
@@ -218,7 +151,6 @@ impl Decoder {
                 }
                 let status = wire
                     .status
-                    .map(|t| t.0)
                     .ok_or_else(|| Rejection::new(Reason::MissingField, "`status` is missing"))?;
                 let ok = match status.as_ref() {
                     "ok" => true,
@@ -233,7 +165,7 @@ impl Decoder {
                         ));
                     }
                 };
-                let code = match wire.code.map(|t| t.0) {
+                let code = match wire.code {
                     None => None,
                     Some(c) => {
                         if c.chars().count() > MAX_CODE_CHARS {
@@ -265,8 +197,8 @@ impl Decoder {
         })
     }
 
-    fn count(&self, raw: &RawValue) -> Result<u32, Rejection> {
-        let text = raw.get();
+    fn count(&self, raw: &str) -> Result<u32, Rejection> {
+        let text = raw;
         if text.starts_with('"') || json_type(raw) != "a number" {
             return Err(Rejection::new(
                 Reason::WrongType,
@@ -303,8 +235,8 @@ impl Decoder {
         Ok(value as u32)
     }
 
-    fn timestamp(&self, raw: &RawValue, now_ms: i64) -> Result<i64, Rejection> {
-        let text = raw.get();
+    fn timestamp(&self, raw: &str, now_ms: i64) -> Result<i64, Rejection> {
+        let text = raw;
         let ms = if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
             parse_rfc3339_ms(inner)?
         } else if let Some(d) = digits(raw) {

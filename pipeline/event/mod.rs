@@ -5,6 +5,7 @@
 //! before anything is stored. This module never stores, counts or drops anything itself.
 
 pub mod decode;
+pub mod fields;
 pub mod reject;
 
 pub use decode::Decoder;
