@@ -58,29 +58,47 @@ async fn every_record_counted_once_across_restarts() {
     let n = records(&stream);
     let mock = cluster("events");
     let storage = Storage::open("memory://").unwrap();
+    // (The mock cluster lets a stopped member go only after its session timeout.)
     let cfg = Config::parse(
-        &config_text("memory://", &mock.bootstrap_servers(), "events", "g1"),
+        &config_text("memory://", &mock.bootstrap_servers(), "events", "g1").replace(
+            "[kafka.properties]\n",
+            "[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000\n",
+        ),
         "test.toml",
     )
     .unwrap();
     let settings = cfg.kafka.clone().unwrap();
-    let published = tokio::task::spawn_blocking(move || {
-        jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(stream), None)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!((published.delivered, published.failed), (n, 0));
-
-    // Three runs, each stopped while records remain; the last one runs to the end.
+    // The gateways publish at 2,500 records/s (~33 s) while the service is stopped and restarted
+    // three times, each time after it took 5,000 records: every stop falls in mid-stream, with
+    // windows open and records still to come.
+    let publisher = tokio::task::spawn_blocking(move || {
+        jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(stream), Some(2_500.0))
+    });
+    let mut before = 0;
     for _ in 0..3 {
         let run = start(&cfg, &storage);
         let t0 = Instant::now();
-        while run.metrics.accepted.get() < 5_000 && t0.elapsed() < Duration::from_secs(60) {
+        while run.metrics.accepted.get() < 5_000 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the run took nothing"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         stop(run).await;
+        let committed: u64 = checkpoints(&storage)
+            .await
+            .iter()
+            .map(|c| c.totals.records)
+            .sum();
+        assert!(
+            committed > before && committed < n,
+            "a stop in mid-stream: {before} → {committed} of {n}"
+        );
+        before = committed;
     }
+    let published = publisher.await.unwrap().unwrap();
+    assert_eq!((published.delivered, published.failed), (n, 0));
     let run = start(&cfg, &storage);
     let cps = wait_complete(&storage, n, Duration::from_secs(180)).await;
     stop(run).await;
