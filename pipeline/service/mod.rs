@@ -23,9 +23,9 @@
 //!
 //! ## Threads
 //! Two stages. The polling thread (`jinryu-consumer`) calls librdkafka's `poll`, which also runs
-//! the rebalance callbacks, and copies records out in batches of up to 32,768. The window thread
-//! (`jinryu-window`) decodes each batch (large ones on two threads), counts it in its partitions'
-//! window stages, runs the clocks and commits. At most four batches wait between the two; beyond
+//! the rebalance callbacks, and copies records out in batches of up to 32,768 records or 16 MiB.
+//! The window thread (`jinryu-window`) decodes each batch (large ones on two threads), counts it
+//! in its partitions' window stages, runs the clocks and commits. At most four batches wait between the two; beyond
 //! that the polling thread waits too (a commit blocked on storage stops consumption).
 //! All partition state sits behind one mutex, held by the window thread per batch and per tick
 //! and by the rebalance callbacks: a revoked partition is committed inside the callback, after
@@ -110,6 +110,10 @@ impl Batch {
         (self.slice(r.key), self.slice(r.value))
     }
 }
+
+/// A batch ends once its copied keys and values reach this size (memory stays bounded whatever
+/// the records' size; a Kafka record is below 2 GiB, so `u32` positions cannot overflow).
+const BATCH_BYTES: usize = 16 << 20;
 
 /// Batches on their way from the polling thread to the window thread (backpressure beyond).
 const IN_FLIGHT: usize = 4;
@@ -768,7 +772,7 @@ pub fn run(
             metrics.alive();
             // A batch: the first record waits up to 100 ms, the rest are what is already fetched.
             let mut timeout = Duration::from_millis(100);
-            while batch.records.len() < BATCH {
+            while batch.records.len() < BATCH && batch.bytes.len() < BATCH_BYTES {
                 let polled = consumer.poll(timeout);
                 timeout = Duration::ZERO;
                 if generation() != batch.generation {
