@@ -111,6 +111,10 @@ impl Batch {
     }
 }
 
+/// Idle timeouts after which a quiet partition moves by wall clock even if it has not been seen
+/// consumed to its end (see `Shared::tick`).
+const QUIET_ANYWAY: i64 = 5;
+
 /// A batch ends once its copied keys and values reach this size (memory stays bounded whatever
 /// the records' size; a Kafka record is below 2 GiB, so `u32` positions cannot overflow).
 const BATCH_BYTES: usize = 16 << 20;
@@ -120,9 +124,6 @@ const IN_FLIGHT: usize = 4;
 
 /// Most records taken from the client in one go.
 const BATCH: usize = 32768;
-
-/// A loop iteration longer than this was not listening to Kafka (normal: ≤ 100 ms poll + a batch).
-const NOT_LISTENING: Duration = Duration::from_secs(1);
 
 /// Batches at least this large are decoded on two threads.
 const PARALLEL_DECODE_MIN: usize = 1024;
@@ -167,6 +168,8 @@ struct Shared {
     /// before that are never counted (they may trail its checkpoint if the revocation could not
     /// commit; its next owner, maybe this process again, reads them from the checkpoint).
     revoked_at: Mutex<BTreeMap<i32, u64>>,
+    /// Milliseconds storage calls spent failing and retrying, not yet taken off the quiet clocks.
+    held_up_ms: AtomicU64,
 }
 
 /// librdkafka's callbacks.
@@ -254,10 +257,18 @@ impl Shared {
     ) -> Result<T, String> {
         let mut wait = Duration::from_millis(500);
         let mut attempt = 0;
+        let started = Instant::now();
         loop {
             attempt += 1;
             match f() {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    if attempt > 1 {
+                        // Time lost to failing storage: not time the partitions were quiet.
+                        self.held_up_ms
+                            .fetch_add(started.elapsed().as_millis() as u64, Ordering::SeqCst);
+                    }
+                    return Ok(v);
+                }
                 Err(e) => {
                     self.metrics.storage_errors.inc();
                     if self.stop.load(Ordering::Relaxed) && attempt >= attempts_when_stopping {
@@ -274,7 +285,10 @@ impl Shared {
 
     /// Opens newly assigned partitions and sets each one's start to its checkpoint.
     fn assign(&self, tpl: &mut TopicPartitionList) {
-        let mut parts = self.parts.lock().expect("partition lock");
+        let Ok(mut parts) = self.parts.lock() else {
+            tracing::error!("partitions assigned after the window thread failed; not consuming");
+            return;
+        };
         let ids: Vec<i32> = tpl
             .elements_for_topic(&self.topic)
             .iter()
@@ -311,7 +325,12 @@ impl Shared {
 
     /// Commits and releases revoked partitions.
     fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
-        let mut parts = self.parts.lock().expect("partition lock");
+        let Ok(mut parts) = self.parts.lock() else {
+            // The window thread panicked holding the state: commit nothing; the next owner
+            // reads every partition from its checkpoint.
+            tracing::error!("partitions revoked after the window thread failed; nothing committed");
+            return;
+        };
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let mut revoked_at = self.revoked_at.lock().expect("revocation lock");
         for e in tpl.elements_for_topic(&self.topic) {
@@ -553,16 +572,14 @@ impl Shared {
     fn work(&self, consumer: &BaseConsumer<Ctx>, batches: std::sync::mpsc::Receiver<Batch>) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut last_tick = Instant::now();
-        let mut iteration = Instant::now();
         loop {
-            // Quiet input is measured in time spent listening: an iteration that was held up (a
-            // commit retrying against unavailable storage) moves every quiet period's start
-            // forward by the time it was away.
-            let away = iteration.elapsed();
-            iteration = Instant::now();
-            if away > NOT_LISTENING {
+            // Quiet input is measured in time spent listening: time a commit lost retrying
+            // against failing storage moves every quiet period's start forward.
+            let away = Duration::from_millis(self.held_up_ms.swap(0, Ordering::SeqCst));
+            if !away.is_zero() {
+                let now = Instant::now();
                 for p in self.parts.lock().expect("partition lock").values_mut() {
-                    p.last_input = (p.last_input + away).min(iteration);
+                    p.last_input = (p.last_input + away).min(now);
                 }
             }
             match batches.recv_timeout(TICK) {
@@ -588,9 +605,15 @@ impl Shared {
             // end. A consumer that was busy or blocked while records piled up must not jump event
             // time past them: they would all become late, and retry detection (kept for a horizon
             // of event time) would forget the windows their retries belong to.
-            if p.last_input.elapsed().as_millis() as i64 >= s.idle_timeout_ms
-                && kafka::cached_high_watermark(consumer.client(), &self.topic, p.id)
+            // A partition whose end it never reaches (it ends in transaction markers, or its
+            // records were deleted by retention) moves after QUIET_ANYWAY idle timeouts.
+            let quiet = p.last_input.elapsed().as_millis() as i64;
+            let caught_up = || {
+                kafka::cached_high_watermark(consumer.client(), &self.topic, p.id)
                     .is_some_and(|end| p.next >= end)
+            };
+            if quiet >= s.idle_timeout_ms.saturating_mul(QUIET_ANYWAY)
+                || (quiet >= s.idle_timeout_ms && caught_up())
             {
                 p.stage.advance_to(now - s.idle_timeout_ms);
             }
@@ -711,6 +734,7 @@ pub fn run(
         parts: Mutex::new(BTreeMap::new()),
         generation: AtomicU64::new(0),
         revoked_at: Mutex::new(BTreeMap::new()),
+        held_up_ms: AtomicU64::new(0),
         cfg,
     });
     let client = kafka::client_config(

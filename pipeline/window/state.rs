@@ -38,7 +38,7 @@ pub struct SeenState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageState {
     pub watermark: i64,
-    /// Largest event time seen (absent in checkpoints written before it existed: the watermark).
+    /// Largest event time seen (absent in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_time: Option<i64>,
     pub stats: WindowStats,
@@ -131,7 +131,7 @@ impl WindowStage {
         seen.sort_by(|a, b| (a.window_start, &a.sensor).cmp(&(b.window_start, &b.sensor)));
         StageState {
             watermark: self.watermark,
-            data_time: (self.data_time != i64::MIN).then_some(self.data_time),
+            data_time: Some(self.data_time),
             stats: self.stats,
             open,
             late,
@@ -147,7 +147,13 @@ impl WindowStage {
     ) -> Result<WindowStage, String> {
         let mut stage = WindowStage::new(spec, registry.clone());
         stage.watermark = state.watermark;
-        stage.data_time = state.data_time.unwrap_or(state.watermark);
+        // Checkpoints written before `data_time` existed: the latest window the state holds is a
+        // safe lower bound (the watermark may have been moved by wall clock).
+        stage.data_time = state.data_time.unwrap_or_else(|| {
+            let windows = state.open.iter().chain(&state.late).map(|a| a.window_start);
+            let seen = state.seen.iter().map(|e| e.window_start);
+            windows.chain(seen).max().unwrap_or(i64::MIN)
+        });
         stage.stats = state.stats;
         let n = registry.len();
         for a in &state.open {
