@@ -107,11 +107,7 @@ fn main() {
         if all_taken.is_none() && records_taken(metrics_port) == events {
             all_taken = Some(t.elapsed().as_secs_f64());
         }
-        let done: u64 = rt
-            .block_on(support::checkpoints(&storage))
-            .iter()
-            .map(|c| c.totals.records)
-            .sum();
+        let done = rt.block_on(support::committed_records(&storage));
         if done > 0 && first.is_none() {
             first = Some((t.elapsed().as_secs_f64(), done));
         }
@@ -145,13 +141,9 @@ fn main() {
 
 /// Records the service has taken so far, from its /metrics (0 until it answers).
 fn records_taken(port: u16) -> u64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let Some((_, body)) = support::try_http_get(&format!("127.0.0.1:{port}"), "/metrics") else {
         return 0;
     };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
     body.lines()
         .filter(|l| l.starts_with("jinryu_records_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -124,11 +124,7 @@ impl Case {
     }
 
     async fn committed(&self) -> u64 {
-        checkpoints(&self.storage)
-            .await
-            .iter()
-            .map(|c| c.totals.records)
-            .sum()
+        committed_records(&self.storage).await
     }
 
     /// Waits for the end, then checks accounting and every window against the truth.
@@ -192,22 +188,7 @@ fn metrics_addr(log: &str) -> Option<String> {
 }
 
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
+    try_http_get(addr, path).unwrap_or_else(|| panic!("no HTTP answer at {addr}{path}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

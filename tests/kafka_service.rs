@@ -71,35 +71,17 @@ async fn every_record_counted_once_across_restarts() {
     // The stream in four chunks. Before each of three runs the next chunk is published; each run
     // is stopped once it has taken some of it, so every stop falls in mid-stream, with windows
     // open and records still to come. The last chunk goes to the last run, which runs to the end.
-    let lines: Vec<&[u8]> = stream
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .collect();
-    let quarter = lines.len().div_ceil(4);
+    let lines = lines(&stream);
     let chunks: Vec<Vec<u8>> = lines
-        .chunks(quarter)
-        .map(|c| {
-            c.iter()
-                .flat_map(|l| l.iter().chain(b"\n"))
-                .copied()
-                .collect()
-        })
+        .chunks(lines.len().div_ceil(4))
+        .map(join_lines)
         .collect();
     assert_eq!(chunks.len(), 4);
-    let publish = |chunk: Vec<u8>| {
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || {
-            let p =
-                jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(chunk), None)
-                    .unwrap();
-            assert_eq!(p.failed, 0);
-            p.delivered
-        })
-    };
+    let publish = |chunk: &Vec<u8>| publish_stream(&settings, chunk.clone());
     let mut published = 0;
     let mut before = 0;
     for chunk in &chunks[..3] {
-        published += publish(chunk.clone()).await.unwrap();
+        published += publish(chunk).await.unwrap();
         let run = start(&cfg, &storage);
         let t0 = Instant::now();
         while run.metrics.accepted.get() < 1_000 {
@@ -110,18 +92,14 @@ async fn every_record_counted_once_across_restarts() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         stop(run).await;
-        let committed: u64 = checkpoints(&storage)
-            .await
-            .iter()
-            .map(|c| c.totals.records)
-            .sum();
+        let committed = committed_records(&storage).await;
         assert!(
             committed > before && committed <= published && published < n,
             "a stop in mid-stream: {before} → {committed} of {published} published, {n} in all"
         );
         before = committed;
     }
-    published += publish(chunks[3].clone()).await.unwrap();
+    published += publish(&chunks[3]).await.unwrap();
     assert_eq!(published, n);
     let run = start(&cfg, &storage);
     let cps = wait_complete(&storage, n, Duration::from_secs(180)).await;

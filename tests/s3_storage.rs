@@ -78,10 +78,7 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     .unwrap();
     assert_eq!(cfg.service.stall_after_ms, 2000);
     assert_eq!(cfg.service.idle_timeout_ms, 5000);
-    let lines: Vec<&[u8]> = stream
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .collect();
+    let lines = lines(&stream);
     let half = lines.len() / 2;
     let retried: Vec<&[u8]> = lines[..half]
         .iter()
@@ -94,29 +91,14 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
         .copied()
         .collect();
     assert_eq!(retried.len(), 400);
-    let join = |part: &[&[u8]]| -> Vec<u8> {
-        part.iter()
-            .flat_map(|l| l.iter().chain(b"\n"))
-            .copied()
-            .collect()
-    };
-    let before = join(&lines[..half]);
-    let trigger = join(&lines[half..half + 2000]);
-    let mut after = join(&retried);
-    after.extend(join(&lines[half + 2000..]));
+    let before = join_lines(&lines[..half]);
+    let trigger = join_lines(&lines[half..half + 2000]);
+    let mut after = join_lines(&retried);
+    after.extend(join_lines(&lines[half + 2000..]));
     let n = lines.len() as u64 + retried.len() as u64;
 
     let settings = cfg.kafka.clone().unwrap();
-    let publish = move |bytes: Vec<u8>| {
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || {
-            let p =
-                jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(bytes), None)
-                    .unwrap();
-            assert_eq!(p.failed, 0);
-            p.delivered
-        })
-    };
+    let publish = |bytes: Vec<u8>| publish_stream(&settings, bytes);
     let storage = Storage::open(url).unwrap();
     let metrics = jinryu::service::metrics_for(&cfg);
     let run = jinryu::service::spawn(
@@ -130,11 +112,7 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     assert_eq!(publish(before).await.unwrap(), half as u64);
     let t0 = Instant::now();
     loop {
-        let done: u64 = checkpoints(&storage)
-            .await
-            .iter()
-            .map(|c| c.totals.records)
-            .sum();
+        let done = committed_records(&storage).await;
         if done == half as u64 {
             break;
         }

@@ -863,6 +863,46 @@ pub fn run(
     Ok(summary)
 }
 
+/// One condition of [`watch`]: raised once when it starts, resolved once when it ends.
+struct Condition {
+    kind: &'static str,
+    /// What the operator should do while it holds.
+    action: &'static str,
+    /// What the resolution says.
+    cleared: &'static str,
+    /// When the current episode started.
+    since: Option<i64>,
+}
+
+impl Condition {
+    /// The alert to route if the condition just started (`holds`, since `start`, with
+    /// `evidence`) or just ended.
+    fn update(
+        &mut self,
+        cfg: &Config,
+        holds: bool,
+        start: i64,
+        now: i64,
+        evidence: serde_json::Value,
+        lag: i64,
+    ) -> Option<crate::alerts::Alert> {
+        let (start, open, evidence, action) = match (holds, self.since) {
+            (true, None) => (start, true, evidence, self.action),
+            (false, Some(since)) => (
+                since,
+                false,
+                serde_json::json!({"consumer_lag": lag}),
+                self.cleared,
+            ),
+            _ => return None,
+        };
+        self.since = open.then_some(start);
+        Some(crate::alerts::pipeline_alert(
+            cfg, self.kind, start, now, open, evidence, action,
+        ))
+    }
+}
+
 /// Pipeline-level alerts of the running service, evaluated every second on the runtime (so a
 /// consumer thread blocked on storage is still noticed):
 ///
@@ -875,8 +915,20 @@ pub fn run(
 /// routes (stdout, log file, webhook).
 pub async fn watch(cfg: Config, metrics: Arc<Metrics>) {
     let stall = cfg.service.stall_after_ms;
-    let mut stalled_since: Option<i64> = None;
-    let mut growing_since: Option<i64> = None;
+    let mut stalled = Condition {
+        kind: "pipeline_stalled",
+        action: "Records are waiting but nothing has been stored: check the storage (credentials, \
+                 space, S3 reachability) and the service log for the failing write.",
+        cleared: "Commits resumed; nothing to do.",
+        since: None,
+    };
+    let mut growing = Condition {
+        kind: "consumer_lag_growing",
+        action: "The service falls behind the gateways: check its CPU and storage latency, or \
+                 start another `jinryu run` in the same group to share the partitions.",
+        cleared: "The lag stopped growing; nothing to do.",
+        since: None,
+    };
     let mut lag_samples: std::collections::VecDeque<(i64, i64)> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -893,65 +945,27 @@ pub async fn watch(cfg: Config, metrics: Arc<Metrics>) {
         let is_growing = old.is_some_and(|(t, l)| {
             t <= now - stall && lag > l && lag_samples.iter().all(|&(_, x)| x > 0)
         });
-        let mut raised = Vec::new();
-        match (is_stalled, stalled_since) {
-            (true, None) => {
-                let start = metrics.last_commit_ms();
-                stalled_since = Some(start);
-                raised.push(crate::alerts::pipeline_alert(
-                    &cfg,
-                    "pipeline_stalled",
-                    start,
-                    now,
-                    true,
-                    serde_json::json!({"seconds_since_last_commit": since_commit / 1000, "consumer_lag": lag}),
-                    "Records are waiting but nothing has been stored: check the storage (credentials, \
-                     space, S3 reachability) and the service log for the failing write.",
-                ));
-            }
-            (false, Some(start)) => {
-                stalled_since = None;
-                raised.push(crate::alerts::pipeline_alert(
-                    &cfg,
-                    "pipeline_stalled",
-                    start,
-                    now,
-                    false,
-                    serde_json::json!({"consumer_lag": lag}),
-                    "Commits resumed; nothing to do.",
-                ));
-            }
-            _ => {}
-        }
-        match (is_growing, growing_since) {
-            (true, None) => {
-                let start = old.map_or(now, |o| o.0);
-                growing_since = Some(start);
-                raised.push(crate::alerts::pipeline_alert(
-                    &cfg,
-                    "consumer_lag_growing",
-                    start,
-                    now,
-                    true,
-                    serde_json::json!({"consumer_lag": lag, "lag_before": old.map(|o| o.1)}),
-                    "The service falls behind the gateways: check its CPU and storage latency, or \
-                     start another `jinryu run` in the same group to share the partitions.",
-                ));
-            }
-            (false, Some(start)) => {
-                growing_since = None;
-                raised.push(crate::alerts::pipeline_alert(
-                    &cfg,
-                    "consumer_lag_growing",
-                    start,
-                    now,
-                    false,
-                    serde_json::json!({"consumer_lag": lag}),
-                    "The lag stopped growing; nothing to do.",
-                ));
-            }
-            _ => {}
-        }
+        let raised: Vec<crate::alerts::Alert> = [
+            stalled.update(
+                &cfg,
+                is_stalled,
+                metrics.last_commit_ms(),
+                now,
+                serde_json::json!({"seconds_since_last_commit": since_commit / 1000, "consumer_lag": lag}),
+                lag,
+            ),
+            growing.update(
+                &cfg,
+                is_growing,
+                old.map_or(now, |o| o.0),
+                now,
+                serde_json::json!({"consumer_lag": lag, "lag_before": old.map(|o| o.1)}),
+                lag,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if !raised.is_empty() {
             let routes = cfg.alerts.clone();
             tokio::task::spawn_blocking(move || {

@@ -5,7 +5,8 @@
 //! * The watermark is the largest event time seen (heartbeats included, so a live sensor moves
 //!   time forward on a quiet night). A window is *final* once the watermark passes its end plus
 //!   the allowed lateness; it is then emitted with `late = false`. The service also moves the
-//!   watermark by wall clock when its input goes quiet ([`WindowStage::advance_to`], [`IdleClock`]).
+//!   watermark by wall clock when its input goes quiet ([`WindowStage::advance_to`]; the rule of
+//!   when is the service's, `service::Shared::tick`).
 //! * Events for a window that is already final are still counted: they accumulate as *late* rows
 //!   (`late = true`) emitted at the next [`WindowStage::emit_late`]. The true count of a key is
 //!   the SUM over its rows, so results do not depend on arrival order.
@@ -293,25 +294,6 @@ impl WindowStage {
     }
 }
 
-/// Decides when a quiet input moves event time by wall clock.
-///
-/// When nothing has arrived for `idle_timeout`, the watermark may be moved to
-/// `wall clock − idle_timeout`: every event still in flight is then assumed to carry a time after
-/// that point (gateways stamp events when they happen and deliver them within the timeout). Later
-/// arrivals are not lost — they are counted in late rows.
-#[derive(Debug, Clone, Copy)]
-pub struct IdleClock {
-    pub idle_timeout_ms: i64,
-}
-
-impl IdleClock {
-    /// The watermark to move to, if the input has been quiet long enough.
-    pub fn watermark_at(&self, last_input_wall_ms: i64, now_wall_ms: i64) -> Option<i64> {
-        (now_wall_ms - last_input_wall_ms >= self.idle_timeout_ms)
-            .then_some(now_wall_ms - self.idle_timeout_ms)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,14 +399,5 @@ mod tests {
         s.flush_all(&mut out);
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|r| !r.up && r.faults == 1 && r.count == 0));
-    }
-
-    #[test]
-    fn idle_clock() {
-        let c = IdleClock {
-            idle_timeout_ms: 60_000,
-        };
-        assert_eq!(c.watermark_at(1_000, 30_000), None);
-        assert_eq!(c.watermark_at(1_000, 61_000), Some(1_000));
     }
 }

@@ -233,12 +233,70 @@ pub fn simulated(days: u32, faults: bool) -> (Vec<u8>, jinryu::simulate::Truth) 
     (buf, t)
 }
 
-/// Lines that are not blank.
-pub fn records(stream: &[u8]) -> u64 {
+/// The lines of a JSON-lines stream that are not blank.
+pub fn lines(stream: &[u8]) -> Vec<&[u8]> {
     stream
         .split(|b| *b == b'\n')
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .count() as u64
+        .collect()
+}
+
+/// Lines joined back into a stream.
+pub fn join_lines(lines: &[&[u8]]) -> Vec<u8> {
+    lines
+        .iter()
+        .flat_map(|l| l.iter().chain(b"\n"))
+        .copied()
+        .collect()
+}
+
+/// Lines that are not blank.
+pub fn records(stream: &[u8]) -> u64 {
+    lines(stream).len() as u64
+}
+
+/// Records the service has committed: the sum over its checkpoints.
+pub async fn committed_records(storage: &Storage) -> u64 {
+    checkpoints(storage)
+        .await
+        .iter()
+        .map(|c| c.totals.records)
+        .sum()
+}
+
+/// Publishes a JSON-lines stream to Kafka at once (`jinryu::simulate::publish`, on a blocking
+/// thread); resolves to the number delivered, asserting that none failed.
+pub fn publish_stream(
+    settings: &jinryu::config::KafkaSettings,
+    stream: Vec<u8>,
+) -> tokio::task::JoinHandle<u64> {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        let p = jinryu::simulate::publish::publish(&settings, std::io::Cursor::new(stream), None)
+            .unwrap();
+        assert_eq!(p.failed, 0);
+        p.delivered
+    })
+}
+
+/// An HTTP GET on loopback: (status, body), or `None` when nothing answers at `addr`.
+pub fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Some((status, body))
 }
 
 /// An S3 API server on loopback (moto, installed from PyPI by .ci/run), killed when dropped.
