@@ -39,8 +39,11 @@ pub struct Report {
     pub people: u64,
     pub rows_written: u64,
     pub objects_written: u64,
+    /// Files of the same source's earlier run removed by this run's commit (a re-run replaces).
     pub stale_objects_removed: u64,
     pub bytes: u64,
+    /// The aggregates table's version after this run's commit.
+    pub table_version: u64,
 }
 
 impl Report {
@@ -54,8 +57,12 @@ impl Report {
 /// Options of one run.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
-    /// Names this input's objects; the same id replaces the same objects on a re-run.
+    /// The input's application id in the tables: a re-run under the same id replaces the earlier
+    /// run's rows. With [`IngestOptions::content_id`], the prefix of an id derived from the input.
     pub source_id: String,
+    /// Derive the id from the input's content (`<source_id>-<sha256 prefix>`): stdin without an
+    /// explicit id, so that re-running the same input replaces instead of adding.
+    pub content_id: bool,
     /// Decoder threads.
     pub workers: usize,
     /// Log progress this often.
@@ -66,6 +73,7 @@ impl IngestOptions {
     pub fn new(source_id: &str) -> Self {
         IngestOptions {
             source_id: source_id.to_string(),
+            content_id: false,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress_every: Duration::from_secs(5),
         }
@@ -88,7 +96,26 @@ pub fn sanitize_source_id(s: &str) -> String {
     if id.is_empty() { "input".into() } else { id }
 }
 
-/// Runs the pipeline over JSON lines from `input`, writing to `storage`.
+/// A reader that hashes what passes through it (the content-derived source id).
+struct Hashing<R> {
+    inner: R,
+    hasher: Arc<std::sync::Mutex<sha2::Sha256>>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(buf)?;
+        self.hasher
+            .lock()
+            .expect("hasher lock")
+            .update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Runs the pipeline over JSON lines from `input`, writing to `storage`. Nothing is visible in
+/// the tables until the run's commits at the end: a failed run can be re-run as it is.
 pub async fn ingest(
     cfg: &Config,
     storage: &Storage,
@@ -102,10 +129,18 @@ pub async fn ingest(
         storage.clone(),
         registry.clone(),
         cfg.window.clone(),
-        &opts.source_id,
         started_ms,
     )
     .await?;
+    let hasher = Arc::new(std::sync::Mutex::new(<sha2::Sha256 as sha2::Digest>::new()));
+    let input: Box<dyn Read + Send> = if opts.content_id {
+        Box::new(Hashing {
+            inner: input,
+            hasher: hasher.clone(),
+        })
+    } else {
+        input
+    };
     let mut stage = WindowStage::new(cfg.window.clone(), registry);
     let mut rx = file::spawn(input, decoder, opts.workers);
 
@@ -116,7 +151,6 @@ pub async fn ingest(
     let mut reasons = ReasonCounts::default();
     let mut rows = Vec::new();
     let mut quarantine: Vec<QuarantineRecord> = Vec::new();
-    let mut epoch_first = 1u64;
     let t0 = Instant::now();
     let mut last_progress = Instant::now();
 
@@ -157,11 +191,8 @@ pub async fn ingest(
             }
             if rows.len() + quarantine.len() >= cfg.roll_rows {
                 stage.emit_late(&mut rows);
-                let w = writer
-                    .write_epoch(epoch_first, &mut rows, &mut quarantine)
-                    .await?;
+                let w = writer.write_epoch(&mut rows, &mut quarantine).await?;
                 report.rows_written += w.agg_rows as u64;
-                epoch_first = line + 1;
             }
         }
         if last_progress.elapsed() >= opts.progress_every {
@@ -176,9 +207,7 @@ pub async fn ingest(
         }
     }
     stage.flush_all(&mut rows);
-    let w = writer
-        .write_epoch(epoch_first, &mut rows, &mut quarantine)
-        .await?;
+    let w = writer.write_epoch(&mut rows, &mut quarantine).await?;
     report.rows_written += w.agg_rows as u64;
 
     let stats = stage.stats();
@@ -188,12 +217,21 @@ pub async fn ingest(
     report.people = stats.people;
     report.quarantined = reasons.total();
     report.quarantine_reasons = reasons.0;
-    let (objects, removed) = writer.finish(serde_json::to_value(&report)?).await?;
-    report.objects_written = objects as u64;
-    report.stale_objects_removed = removed as u64;
+    if opts.content_id {
+        use sha2::Digest;
+        let digest = hasher.lock().expect("hasher lock").clone().finalize();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        report.source = sanitize_source_id(&format!("{}-{hex}", opts.source_id));
+    }
     anyhow::ensure!(
         report.balanced(),
         "internal error: the run's accounting does not balance ({report:?}); please report this bug"
     );
+    let done = writer
+        .finish(&report.source, report.lines, serde_json::to_value(&report)?)
+        .await?;
+    report.objects_written = done.files_written as u64;
+    report.stale_objects_removed = done.files_replaced as u64;
+    report.table_version = done.aggregates_version;
     Ok(report)
 }

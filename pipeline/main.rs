@@ -79,9 +79,9 @@ enum Command {
         /// JSON-lines file to read, or '-' for stdin
         #[arg(long, short)]
         input: String,
-        /// Name of this input in object names and the quarantine table [default: the file name
-        /// plus a hash of its full path; for stdin, a fresh id per run]. Reuse an id to replace
-        /// that input's earlier output.
+        /// This input's id in the tables (its application id in the Delta log) [default: the file
+        /// name plus a hash of its full path; for stdin, `stdin-` plus a hash of the content].
+        /// A run under an id that was ingested before replaces that run's rows in one commit.
         #[arg(long)]
         source_id: Option<String>,
         /// Decoder threads [default: the number of CPUs]
@@ -259,6 +259,9 @@ fn last_month(cfg: &Config) -> (i32, u32) {
     (m.year(), m.month())
 }
 
+/// Log filter without JINRYU_LOG: jinryu at info, the Delta libraries only when something is wrong.
+const DEFAULT_LOG: &str = "info,deltalake_core=warn,buoyant_kernel=warn,buoyant_kernel_engine=warn";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -266,7 +269,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("JINRYU_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -303,12 +306,14 @@ fn print_report(r: &Report) {
     }
     println!();
     println!(
-        "written      {} rows in {} objects{}",
+        "written      {} rows in {} files, committed as {} (aggregates version {}){}",
         r.rows_written,
         r.objects_written,
+        r.source,
+        r.table_version,
         if r.stale_objects_removed > 0 {
             format!(
-                ", {} objects of an earlier run of this input removed",
+                "; replaces the {} files of this source's earlier run",
                 r.stale_objects_removed
             )
         } else {
@@ -361,7 +366,7 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
 
 fn default_source_id(input: &str) -> String {
     if input == "-" {
-        return format!("stdin-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
+        return "stdin".to_string();
     }
     let path = Path::new(input);
     let full = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
@@ -435,7 +440,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 m.summary_file.display()
             );
             println!(
-                "tables       {} (aggregates/, quarantine/: Hive-partitioned Parquet)",
+                "tables       {} (aggregates/, quarantine/: Delta Lake tables, partitioned by date)",
                 d.data_dir
             );
             let cfg_path = d.config_file.display();
@@ -471,15 +476,34 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot open the input file {input}"))?,
                 )
             };
+            let explicit = source_id.is_some();
             let source = source_id
                 .map(|s| sanitize_source_id(&s))
                 .unwrap_or_else(|| default_source_id(&input));
             let mut opts = IngestOptions::new(&source);
+            opts.content_id = input == "-" && !explicit;
             if let Some(w) = workers {
                 opts.workers = w;
             }
             tracing::info!(source = %source, storage = %cfg.storage_url, "ingest started");
-            let report = ingest(&cfg, &storage, reader, &opts).await?;
+            let report = match ingest(&cfg, &storage, reader, &opts).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let cfg_arg = format!(" --config {}", config.config.display());
+                    let rerun = if opts.content_id {
+                        format!(
+                            "jinryu ingest{cfg_arg} --input - < THE-SAME-INPUT   (its id is \
+                             derived from the content, so a re-run replaces, never adds)"
+                        )
+                    } else {
+                        format!("jinryu ingest{cfg_arg} --input {input} --source-id {source}")
+                    };
+                    return Err(e.context(format!(
+                        "ingest failed; nothing of this run is visible in the tables (its files \
+                         are in no commit). Re-run it safely with:\n  {rerun}"
+                    )));
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -4,7 +4,7 @@
 //!
 //! | name | what |
 //! |---|---|
-//! | `aggregates` | the additive 15-minute rows, Hive-partitioned by local `date` |
+//! | `aggregates` | the additive 15-minute rows (a Delta table partitioned by local `date`) |
 //! | `quarantine` | rejected messages with reason, position and payload head |
 //! | `sensors` | the registry: `sensor_ord`, `sensor_id`, `array` |
 //! | `sensor_directions` | one row per sensor and configured direction |
@@ -21,41 +21,131 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{SessionConfig, SessionContext, cast, col};
 
 use crate::config::Config;
-use crate::sink::store::{DATAFUSION_URL, Storage};
-use crate::sink::tables::{AGGREGATES, QUARANTINE};
+use crate::sink::delta::{self, Table};
+use crate::sink::store::Storage;
 
 /// `sql/flow_15min.sql`.
 pub const FLOW_15MIN_SQL: &str = include_str!("../../sql/flow_15min.sql");
 /// `sql/monthly_long.sql`.
 pub const MONTHLY_LONG_SQL: &str = include_str!("../../sql/monthly_long.sql");
 
-/// A DataFusion session with jinryu's tables and views registered.
+/// Which state of the tables a session reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AsOf {
+    /// The latest commit.
+    #[default]
+    Latest,
+    /// The aggregates table's version `n` (the quarantine table as it was at that commit's time).
+    Version(u64),
+    /// The last commit at or before this instant.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl std::str::FromStr for AsOf {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(v) = s.parse::<u64>() {
+            return Ok(AsOf::Version(v));
+        }
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| AsOf::Time(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| {
+                format!(
+                    "`{s}`: give a table version (a number, see `jinryu table history`) or an \
+                     RFC 3339 time such as 2026-12-01T09:00:00+09:00"
+                )
+            })
+    }
+}
+
+/// The versions a session read, for the record (quality summary).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadVersions {
+    pub aggregates: Option<u64>,
+    pub quarantine: Option<u64>,
+}
+
+/// A DataFusion session with jinryu's tables and views registered, at their latest versions.
 pub async fn context(cfg: &Config, storage: &Storage) -> anyhow::Result<SessionContext> {
+    Ok(context_at(cfg, storage, &AsOf::Latest).await?.0)
+}
+
+/// Registers one Delta table (as it is at `as_of`) as a view with the documented column types
+/// (`schemas/*.json`); an empty table of the same columns before the table's first commit.
+async fn register_table(
+    ctx: &SessionContext,
+    storage: &Storage,
+    table: Table,
+    as_of: &AsOf,
+) -> anyhow::Result<Option<u64>> {
+    let loaded = match as_of {
+        AsOf::Latest => delta::load(storage, table).await?,
+        AsOf::Version(v) => Some(delta::load_version(storage, table, *v).await?),
+        AsOf::Time(t) => match delta::load_at(storage, table, *t).await {
+            Ok(t) => Some(t),
+            // Nothing committed to this table by then.
+            Err(_) if table == Table::Quarantine => None,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let view = table.view_schema();
+    let Some(loaded) = loaded else {
+        ctx.register_table(
+            table.name(),
+            Arc::new(MemTable::try_new(view, vec![vec![]])?),
+        )?;
+        return Ok(None);
+    };
+    loaded.update_datafusion_session(&ctx.state())?;
+    let provider = loaded.table_provider().await?;
+    let exprs: Vec<_> = view
+        .fields()
+        .iter()
+        .map(|f| cast(col(f.name()), f.data_type().clone()).alias(f.name()))
+        .collect();
+    let df = ctx.read_table(provider)?.select(exprs)?;
+    ctx.register_table(table.name(), df.into_view())?;
+    Ok(loaded.version())
+}
+
+/// A session over the tables as they were at `as_of`, and the versions it read. Every table is
+/// read through a store that cannot write.
+pub async fn context_at(
+    cfg: &Config,
+    storage: &Storage,
+    as_of: &AsOf,
+) -> anyhow::Result<(SessionContext, ReadVersions)> {
+    let storage = &storage.read_only();
     let session = SessionConfig::new().with_information_schema(true);
     let ctx = SessionContext::new_with_config(session);
-    let url = url::Url::parse(DATAFUSION_URL)?;
-    ctx.register_object_store(&url, storage.store().clone());
-
-    for (name, schema) in [
-        ("aggregates", AGGREGATES.clone()),
-        ("quarantine", QUARANTINE.clone()),
-    ] {
-        let table_url = ListingTableUrl::parse(format!("{DATAFUSION_URL}/{name}/"))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(vec![("date".to_string(), DataType::Utf8)]);
-        let config = ListingTableConfig::new(table_url)
-            .with_listing_options(options)
-            .with_schema(schema);
-        ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
-    }
+    // Other stored objects (alert state) are read through this URL.
+    ctx.register_object_store(
+        &url::Url::parse(crate::sink::store::DATAFUSION_URL)?,
+        storage.store().clone(),
+    );
+    let aggregates = register_table(&ctx, storage, Table::Aggregates, as_of).await?;
+    // The quarantine table at the aggregates version's time (they are committed together).
+    let q_as_of = match (as_of, aggregates) {
+        (AsOf::Version(_), Some(v)) => {
+            let t = delta::load_version(storage, Table::Aggregates, v).await?;
+            let ts = t
+                .snapshot()?
+                .version_timestamp(v)
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .unwrap_or_else(chrono::Utc::now);
+            AsOf::Time(ts)
+        }
+        (other, _) => other.clone(),
+    };
+    let quarantine = register_table(&ctx, storage, Table::Quarantine, &q_as_of).await?;
+    let versions = ReadVersions {
+        aggregates,
+        quarantine,
+    };
 
     let reg = &cfg.registry;
     let sensors = RecordBatch::try_new(
@@ -120,37 +210,27 @@ pub async fn context(cfg: &Config, storage: &Storage) -> anyhow::Result<SessionC
     )?;
 
     ctx.sql(FLOW_15MIN_SQL).await?.collect().await?;
-    Ok(ctx)
+    Ok((ctx, versions))
 }
 
 /// The `intake` table: messages received per local day and source, and how many of them were
-/// quarantined — from the file runs' manifests (`_sources/`) and the service's checkpoints
-/// (`_checkpoints/`). The denominator of the quarantine rate.
+/// quarantined — from the state objects the aggregates table's progress names (file runs'
+/// reports, Kafka partitions' totals). The denominator of the quarantine rate.
 async fn intake_batch(cfg: &Config, storage: &Storage) -> anyhow::Result<RecordBatch> {
-    use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
     let mut rows: Vec<(String, String, u64, u64)> = Vec::new();
-    for dir in ["_sources", "_checkpoints"] {
-        let prefix = object_store::path::Path::from(dir);
-        let metas: Vec<_> = storage.store().list(Some(&prefix)).try_collect().await?;
-        for m in metas {
-            let bytes = storage.store().get(&m.location).await?.bytes().await?;
+    if let Some(table) = delta::load(storage, Table::Aggregates).await? {
+        for (app, p) in delta::writers(storage, &table, Table::Aggregates).await? {
+            let path = delta::state_path(&app, p);
+            let bytes = storage.store().get(&path).await?.bytes().await?;
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                continue; // a damaged manifest is reported by the commands that write it
+                // The writer that owns it stops with a clear error (and the service's /healthz
+                // says so); the intake just lacks this source's counts until it is repaired.
+                tracing::warn!(state = %path, "damaged state object: its intake counts are left out");
+                continue;
             };
             let source = v["source"].as_str().unwrap_or_default().to_string();
-            if dir == "_sources" {
-                let (Some(date), Some(lines)) =
-                    (v["received_date"].as_str(), v["report"]["lines"].as_u64())
-                else {
-                    continue; // a run in progress, or written before the intake existed
-                };
-                let blank = v["report"]["blank"].as_u64().unwrap_or(0);
-                let quarantined = v["report"]["quarantined"].as_u64().unwrap_or(0);
-                if !date.is_empty() {
-                    rows.push((date.to_string(), source, lines - blank, quarantined));
-                }
-            } else if let Some(days) = v["totals"]["by_received_date"].as_object() {
+            if let Some(days) = v["totals"]["by_received_date"].as_object() {
                 for (date, c) in days {
                     rows.push((
                         date.clone(),
@@ -159,6 +239,12 @@ async fn intake_batch(cfg: &Config, storage: &Storage) -> anyhow::Result<RecordB
                         c["quarantined"].as_u64().unwrap_or(0),
                     ));
                 }
+            } else if let (Some(date), Some(lines)) =
+                (v["received_date"].as_str(), v["report"]["lines"].as_u64())
+            {
+                let blank = v["report"]["blank"].as_u64().unwrap_or(0);
+                let quarantined = v["report"]["quarantined"].as_u64().unwrap_or(0);
+                rows.push((date.to_string(), source, lines - blank, quarantined));
             }
         }
     }
@@ -211,9 +297,14 @@ pub fn column<T: 'static>(b: &RecordBatch, i: usize) -> &T {
     })
 }
 
-/// Runs an analyst's query and returns its batches.
+/// Runs an analyst's query and returns its batches. Queries only: DDL (`CREATE ...`), DML
+/// (`INSERT`, `COPY ... TO`) and statements (`SET`, transactions) are refused.
 pub async fn query(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
-    let df = ctx.sql(sql).await.map_err(|e| {
+    let read_only = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, read_only).await.map_err(|e| {
         anyhow::anyhow!(
             "{e}\nTables: aggregates, quarantine, intake, sensors, sensor_directions, flow_15min \
              (SHOW TABLES lists them; SHOW COLUMNS FROM aggregates shows the columns)"

@@ -67,6 +67,10 @@ pub struct Metrics {
     started_ms: i64,
     /// Set when the consumer thread ended with an error.
     failed: std::sync::Mutex<Option<String>>,
+    /// Partitions stopped by a permanent error (fenced, damaged state), with the reason.
+    stopped: std::sync::Mutex<std::collections::BTreeMap<i32, String>>,
+    pub fenced: Counter,
+    pub stopped_partitions: Gauge,
 }
 
 fn now_ms() -> i64 {
@@ -99,6 +103,9 @@ impl Metrics {
             loop_ms: AtomicI64::new(now_ms()),
             started_ms: now_ms(),
             failed: std::sync::Mutex::new(None),
+            stopped: Default::default(),
+            fenced: Counter::default(),
+            stopped_partitions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +169,16 @@ impl Metrics {
             "Seconds since the last checkpoint (objects + offsets) was committed",
             m.commit_age.clone(),
         );
+        registry.register(
+            "fenced",
+            "Commits refused because a newer writer owns the partition's progress (the partition stopped here)",
+            m.fenced.clone(),
+        );
+        registry.register(
+            "stopped_partitions",
+            "Partitions stopped by a permanent error (fenced, damaged state); /healthz is 503 while any is",
+            m.stopped_partitions.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -212,6 +229,31 @@ impl Metrics {
         self.loop_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// A partition stopped for good (until it is assigned and opened again).
+    pub fn stop_partition(&self, partition: i32, why: &super::Failure) {
+        if why.fenced {
+            self.fenced.inc();
+            tracing::error!(partition, error = %why.message, "partition FENCED: another writer committed its progress; this process stops writing it");
+        } else {
+            tracing::error!(partition, error = %why.message, "partition STOPPED by a permanent error; /healthz is 503 until it is fixed");
+        }
+        let mut stopped = self.stopped.lock().expect("metrics lock");
+        stopped.insert(partition, why.message.clone());
+        self.stopped_partitions.set(stopped.len() as i64);
+    }
+
+    /// A partition opened cleanly again.
+    pub fn resume_partition(&self, partition: i32) {
+        let mut stopped = self.stopped.lock().expect("metrics lock");
+        stopped.remove(&partition);
+        self.stopped_partitions.set(stopped.len() as i64);
+    }
+
+    /// Partitions stopped by a permanent error, with the reason.
+    pub fn stopped(&self) -> std::collections::BTreeMap<i32, String> {
+        self.stopped.lock().expect("metrics lock").clone()
+    }
+
     pub fn fail(&self, why: String) {
         *self.failed.lock().expect("metrics lock") = Some(why);
     }
@@ -241,6 +283,17 @@ impl Metrics {
     pub fn health(&self) -> (StatusCode, String) {
         if let Some(why) = self.failed.lock().expect("metrics lock").clone() {
             return (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n"));
+        }
+        let stopped = self.stopped();
+        if !stopped.is_empty() {
+            let list: Vec<String> = stopped
+                .iter()
+                .map(|(p, why)| format!("partition {p} stopped: {why}"))
+                .collect();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}\n", list.join("\n")),
+            );
         }
         let age = (now_ms() - self.loop_ms.load(Ordering::Relaxed)) / 1000;
         if age > LOOP_HUNG_SECS {

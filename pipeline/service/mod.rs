@@ -52,6 +52,7 @@ use crate::config::{Config, SensorRegistry};
 use crate::event::{Decoder, Event, Rejection};
 use crate::quarantine::QuarantineRecord;
 use crate::sink::checkpoint::{PartitionLog, PartitionTotals};
+use crate::sink::writer::SinkError;
 use crate::sink::store::Storage;
 use crate::source::kafka;
 use crate::window::time::partition_value;
@@ -248,13 +249,14 @@ fn now_ms() -> i64 {
 
 impl Shared {
     /// Retries a storage call with backoff until it succeeds — or, once the service is stopping,
-    /// gives up after `attempts_when_stopping` attempts.
-    fn retry<T, E: std::fmt::Display>(
+    /// gives up after `attempts_when_stopping` attempts. A permanent error (fenced, damaged
+    /// state, an encoding bug) is never retried: it is returned at once.
+    fn retry<T>(
         &self,
         what: &str,
         attempts_when_stopping: u32,
-        mut f: impl FnMut() -> Result<T, E>,
-    ) -> Result<T, String> {
+        mut f: impl FnMut() -> Result<T, SinkError>,
+    ) -> Result<T, Failure> {
         let mut wait = Duration::from_millis(500);
         let mut attempt = 0;
         let started = Instant::now();
@@ -269,10 +271,21 @@ impl Shared {
                     }
                     return Ok(v);
                 }
+                Err(e) if e.is_permanent() => {
+                    return Err(Failure {
+                        permanent: true,
+                        fenced: e.is_fenced(),
+                        message: format!("{what}: {e}"),
+                    });
+                }
                 Err(e) => {
                     self.metrics.storage_errors.inc();
                     if self.stop.load(Ordering::Relaxed) && attempt >= attempts_when_stopping {
-                        return Err(format!("{what}: {e}"));
+                        return Err(Failure {
+                            permanent: false,
+                            fenced: false,
+                            message: format!("{what}: {e}"),
+                        });
                     }
                     tracing::error!(error = %e, attempt, retry_in = ?wait, "{what} failed; nothing is committed until it succeeds");
                     std::thread::sleep(wait);
@@ -307,8 +320,12 @@ impl Shared {
                         slot.insert(p);
                     }
                     Err(err) => {
-                        // Only when stopping (open() retries storage errors otherwise).
-                        tracing::error!(partition = id, %err, "cannot open the partition's checkpoint");
+                        // Permanent (damaged state), or storage failing while stopping. The
+                        // partition's records are left alone: nothing is counted or committed.
+                        tracing::error!(partition = id, error = %err.message, "cannot open the partition; it is not consumed by this process");
+                        if err.permanent {
+                            self.metrics.stop_partition(id, &err);
+                        }
                         continue;
                     }
                 }
@@ -336,6 +353,17 @@ impl Shared {
         for e in tpl.elements_for_topic(&self.topic) {
             revoked_at.insert(e.partition(), generation);
             if let Some(mut p) = parts.remove(&e.partition()) {
+                if consumer.assignment_lost() {
+                    // Another member may own it already: committing now could overwrite its
+                    // progress. Fencing would refuse it anyway; not trying is cleaner.
+                    self.metrics.uncommitted_add(-p.uncommitted);
+                    tracing::warn!(
+                        partition = p.id,
+                        "partition lost (session timed out): released without committing; its \
+                         next owner re-reads it from the table's progress"
+                    );
+                    continue;
+                }
                 let result = self.commit(consumer, &mut p, 5);
                 // Whatever was not committed is the next owner's now.
                 self.metrics.uncommitted_add(-p.uncommitted);
@@ -346,7 +374,10 @@ impl Shared {
                         "partition revoked: committed and released"
                     ),
                     Err(err) => {
-                        tracing::warn!(partition = p.id, %err, "partition revoked before its last epoch could be stored; its next owner re-reads it from the checkpoint")
+                        if err.permanent {
+                            self.metrics.stop_partition(p.id, &err);
+                        }
+                        tracing::warn!(partition = p.id, error = %err.message, "partition revoked before its last epoch could be stored; its next owner re-reads it from the table's progress")
                     }
                 }
             }
@@ -354,14 +385,19 @@ impl Shared {
         self.metrics.assigned.set(parts.len() as i64);
     }
 
-    fn open(&self, id: i32) -> Result<Partition, String> {
-        let log = self.retry("reading the checkpoint", 3, || {
+    fn open(&self, id: i32) -> Result<Partition, Failure> {
+        let log = self.retry("reading the partition's progress", 3, || {
             self.rt
                 .block_on(PartitionLog::open(self.storage.clone(), &self.topic, id))
         })?;
         let cp = log.committed();
         let stage = WindowStage::restore(self.cfg.window.clone(), self.registry.clone(), &cp.state)
-            .map_err(|e| format!("partition {id}: {e}"))?;
+            .map_err(|e| Failure {
+                permanent: true,
+                fenced: false,
+                message: format!("partition {id}: the stored window state cannot be restored: {e}"),
+            })?;
+        self.metrics.resume_partition(id);
         Ok(Partition {
             id,
             next: cp.next_offset,
@@ -392,7 +428,7 @@ impl Shared {
         consumer: &BaseConsumer<Ctx>,
         p: &mut Partition,
         attempts_when_stopping: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         if p.next < 0 && p.rows.is_empty() && p.quarantine.is_empty() {
             return Ok(()); // nothing consumed ever
         }
@@ -599,6 +635,7 @@ impl Shared {
     fn tick(&self, consumer: &BaseConsumer<Ctx>, parts: &mut BTreeMap<i32, Partition>) {
         let s = &self.cfg.service;
         let now = now_ms();
+        let mut stopped: Vec<(i32, Failure)> = Vec::new();
         // All clocks first: a commit below may block on storage, and that time is not quiet input.
         for p in parts.values_mut() {
             // Wall clock closes windows only when the partition is quiet *and* consumed to its
@@ -628,10 +665,31 @@ impl Shared {
                 || (output && since >= s.flush_interval_ms)
                 || (p.dirty && since >= s.checkpoint_interval_ms);
             if due && let Err(e) = self.commit(consumer, p, 3) {
-                tracing::error!(partition = p.id, error = %e, "giving up a commit while stopping");
+                if e.permanent {
+                    stopped.push((p.id, e));
+                } else {
+                    tracing::error!(partition = p.id, error = %e.message, "giving up a commit while stopping");
+                }
             }
         }
+        for (id, e) in stopped {
+            if let Some(p) = parts.remove(&id) {
+                self.metrics.uncommitted_add(-p.uncommitted);
+            }
+            self.metrics.stop_partition(id, &e);
+        }
+        self.metrics.assigned.set(parts.len() as i64);
     }
+}
+
+/// Why a partition's storage call gave up.
+#[derive(Debug)]
+pub struct Failure {
+    /// Retrying cannot help (fenced, damaged state, an encoding bug): the partition stops.
+    pub permanent: bool,
+    /// A newer writer owns the partition's progress.
+    pub fenced: bool,
+    pub message: String,
 }
 
 /// When a batch was taken: wall clock (ms), its local date, and the monotonic instant.
@@ -838,7 +896,7 @@ pub fn run(
         for p in parts.values_mut() {
             match shared.commit(&consumer, p, 3) {
                 Ok(()) => summary.partitions_committed += 1,
-                Err(e) => failures.push(format!("partition {}: {e}", p.id)),
+                Err(e) => failures.push(format!("partition {}: {}", p.id, e.message)),
             }
         }
         let mut tpl = TopicPartitionList::new();

@@ -1,38 +1,38 @@
-//! Checkpoints of the Kafka service: one object per topic-partition,
-//! `_checkpoints/<source>.json`, that says how far the partition has been consumed *and* holds the
-//! window stage's state at that offset. It is the commit point of the service:
+//! The Kafka service's commits: one writer per topic-partition, application id
+//! `jinryu-<topic>-<partition>`, committed in *epochs* ([`PartitionLog::commit`]):
 //!
-//! 1. `_pending/<source>.json` names the epoch's number and objects (intent; a small object, so
-//!    the window state is not encoded twice per epoch);
-//! 2. the epoch's Parquet objects are stored (each `put` is atomic);
-//! 3. the checkpoint is rewritten with the epoch's number, `next_offset` moved past the epoch and
-//!    the new window state — from here on the epoch is committed;
-//! 4. only then is the offset committed to Kafka (for the consumer group and lag monitoring).
+//! 1. the epoch's data files are written to both tables (invisible: no commit names them yet);
+//! 2. the state object `_state/<app>/<next offset>-<token>.json` ([`Checkpoint`]: the window
+//!    state — open windows, late rows, retry memory — and the partition's totals) is stored;
+//! 3. the quarantine table commits its files with `txn(app, next offset)` — only records at or
+//!    after that table's own progress for the app, so a crash between the two commits never
+//!    quarantines a record twice;
+//! 4. the aggregates table commits its files with `txn(app, next offset)` and the state token:
+//!    from here on the epoch is committed;
+//! 5. only then is the offset committed to Kafka (for the consumer group and lag monitoring).
 //!
-//! A process that dies anywhere in between leaves either the old checkpoint and an intent for the
-//! next epoch (its objects are deleted on restart, then rewritten under the same names from the
-//! same offset) or the new checkpoint (an intent whose epoch is not after the checkpoint's was
-//! committed and is left alone). Kafka's committed offset is never ahead of the checkpoint; records
-//! below `next_offset` that Kafka delivers again are skipped. Each consumed record therefore ends up
-//! in exactly one committed epoch.
-//!
-//! Objects are named `part-<source>-<first offset:012>-<epoch:08>.parquet`: the first offset the
-//! epoch consumed and the checkpoint's epoch number (an epoch written by the idle clock consumes
-//! nothing, so the offset alone would not be unique).
+//! Both commits check that the table's progress for the app is still the one this writer started
+//! from (fencing): a paused owner that wakes up after another took its partition over, or a second
+//! service with another group on the same storage, is refused and stops. A process that dies
+//! anywhere leaves the last committed epoch as the truth: the next owner reads the aggregates
+//! table's progress, loads the state object it names and starts at its offset. Files of an
+//! unfinished epoch are in no commit and are removed by `jinryu table vacuum`.
 
 use std::collections::BTreeMap;
 
-use object_store::path::Path;
+use deltalake_core::kernel::Add;
 use serde::{Deserialize, Serialize};
 
+use super::delta::{self, Commit, Progress, Table};
 use super::store::Storage;
-use super::writer::{EpochWritten, SinkError, delete_object, encode_epoch, put_object, read_json};
+use super::writer::{
+    EpochWritten, SinkError, TablePair, delete_object, encode_epoch, put_object, read_state,
+};
 use crate::config::SensorRegistry;
 use crate::quarantine::QuarantineRecord;
 use crate::window::AggRow;
 use crate::window::state::StageState;
 use crate::window::time::{WindowSpec, partition_value};
-
 /// Running totals of one partition since it was first consumed (operational figures only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionTotals {
@@ -78,7 +78,7 @@ impl PartitionTotals {
     }
 }
 
-/// What `_checkpoints/<source>.json` holds.
+/// A partition's state object (`_state/<app>/…`), named by the aggregates table's progress.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub source: String,
@@ -94,60 +94,76 @@ pub struct Checkpoint {
     pub state: StageState,
 }
 
-/// The checkpoint path of a source.
-pub fn checkpoint_path(source: &str) -> Path {
-    Path::from(format!("_checkpoints/{source}.json"))
-}
-
-/// What `_pending/<source>.json` holds: the epoch being written and its objects.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Intent {
-    pub epoch: u64,
-    pub objects: Vec<String>,
-}
-
-/// The intent path of a source.
-pub fn intent_path(source: &str) -> Path {
-    Path::from(format!("_pending/{source}.json"))
-}
-
-/// The source id of a topic-partition (appears in object names).
+/// The application id of a topic-partition (appears in the tables' logs and state paths).
 pub fn partition_source(topic: &str, partition: i32) -> String {
-    crate::ingest::sanitize_source_id(&format!("kafka-{topic}-{partition}"))
+    crate::ingest::sanitize_source_id(&format!("jinryu-{topic}-{partition}"))
 }
 
-/// Reads and commits the checkpoints of one topic-partition.
+/// The committed state of every writer of the aggregates table: each Kafka partition's
+/// [`Checkpoint`] (file runs are skipped). Used by the `intake` table and by tests.
+pub async fn committed(storage: &Storage) -> Result<Vec<Checkpoint>, SinkError> {
+    let Some(table) = delta::load(storage, Table::Aggregates).await? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (app, p) in delta::writers(storage, &table, Table::Aggregates).await? {
+        if app.starts_with("jinryu-") {
+            out.push(read_state::<Checkpoint>(storage, &delta::state_path(&app, p)).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and commits the epochs of one topic-partition.
 pub struct PartitionLog {
     storage: Storage,
+    tables: TablePair,
+    /// Progress of this writer in the aggregates table (the truth) and the quarantine table.
+    aggregates: Option<Progress>,
+    quarantine: Option<Progress>,
     /// The last committed checkpoint.
     last: Checkpoint,
 }
 
 impl PartitionLog {
-    /// Opens a partition: reads its checkpoint (if any) and removes the objects of an epoch that
-    /// was being written when the previous owner stopped.
+    /// Opens a partition: the tables' progress for it and the state object that progress names.
+    /// A missing or damaged state object is a permanent error (nothing is deleted).
     pub async fn open(storage: Storage, topic: &str, partition: i32) -> Result<Self, SinkError> {
         let source = partition_source(topic, partition);
-        let last = read_json::<Checkpoint>(&storage, &checkpoint_path(&source))
-            .await?
-            .unwrap_or_else(|| Checkpoint {
+        let tables = TablePair::open(&storage).await?;
+        let aggregates =
+            delta::progress(&storage, &tables.aggregates, Table::Aggregates, &source).await?;
+        let quarantine =
+            delta::progress(&storage, &tables.quarantine, Table::Quarantine, &source).await?;
+        let last = match aggregates {
+            Some(p) => {
+                let cp: Checkpoint = read_state(&storage, &delta::state_path(&source, p)).await?;
+                if cp.next_offset != p.version {
+                    return Err(SinkError::State {
+                        path: delta::state_path(&source, p).to_string(),
+                        problem: format!(
+                            "it says offset {} but the table's log says {}",
+                            cp.next_offset, p.version
+                        ),
+                    });
+                }
+                cp
+            }
+            None => Checkpoint {
                 source: source.clone(),
                 topic: topic.to_string(),
                 partition,
                 next_offset: -1,
                 ..Checkpoint::default()
-            });
-        let intent_at = intent_path(&source);
-        if let Some(intent) = read_json::<Intent>(&storage, &intent_at).await?
-            && intent.epoch > last.epoch
-        {
-            for p in &intent.objects {
-                delete_object(&storage, p).await?;
-                tracing::info!(object = %p, "removed an uncommitted object of the previous owner");
-            }
-            delete_object(&storage, intent_at.as_ref()).await?;
-        }
-        Ok(PartitionLog { storage, last })
+            },
+        };
+        Ok(PartitionLog {
+            storage,
+            tables,
+            aggregates,
+            quarantine,
+            last,
+        })
     }
 
     /// The last committed checkpoint (`next_offset` is -1 before the first commit).
@@ -155,14 +171,10 @@ impl PartitionLog {
         &self.last
     }
 
-    async fn put(&self, cp: &Checkpoint) -> Result<(), SinkError> {
-        let bytes = serde_json::to_vec(cp).expect("checkpoint serialises");
-        put_object(&self.storage, checkpoint_path(&cp.source).as_ref(), bytes).await
-    }
-
     /// Commits one epoch: the rows and quarantine records emitted since the last commit, the
     /// consumed range `[first_offset, next_offset)` and the window state at `next_offset`.
-    /// On error nothing is committed and the same call may simply be repeated.
+    /// On a transient error nothing is committed and the same call may simply be repeated; a
+    /// fenced writer gets [`SinkError::is_fenced`] and must stop.
     #[allow(clippy::too_many_arguments)]
     pub async fn commit(
         &mut self,
@@ -175,38 +187,38 @@ impl PartitionLog {
         state: StageState,
         totals: &PartitionTotals,
     ) -> Result<EpochWritten, SinkError> {
+        let _ = first_offset;
         let now = chrono::Utc::now();
         let epoch = self.last.epoch + 1;
-        let name = format!(
-            "part-{}-{:012}-{epoch:08}.parquet",
-            self.last.source,
-            first_offset.max(0)
-        );
+        let source = self.last.source.clone();
         let received_date = partition_value(spec.local_date(now.timestamp_millis()));
-        let (objects, mut out) =
-            encode_epoch(spec, registry, &name, &received_date, rows, quarantine)?;
-        if !objects.is_empty() {
-            let intent = Intent {
-                epoch,
-                objects: objects.iter().map(|(p, _)| p.clone()).collect(),
-            };
-            let bytes = serde_json::to_vec(&intent).expect("intent serialises");
-            put_object(
-                &self.storage,
-                intent_path(&self.last.source).as_ref(),
-                bytes,
-            )
-            .await?;
-            for (path, bytes) in objects {
-                put_object(&self.storage, &path, bytes).await?;
-                out.objects.push(path);
-            }
-        }
+        // Records the quarantine table already holds (a crash between the two commits).
+        let q_from = self.quarantine.map_or(i64::MIN, |p| p.version);
+        let fresh: Vec<QuarantineRecord> = quarantine
+            .iter()
+            .filter(|q| q.position as i64 >= q_from)
+            .cloned()
+            .collect();
+        let encoded = encode_epoch(spec, registry, &received_date, rows, &fresh)?;
+        let (agg_adds, quar_adds, agg_rows) = self.tables.write(&self.storage, encoded).await?;
+        let mut out = EpochWritten {
+            objects: agg_adds
+                .iter()
+                .chain(quar_adds.iter())
+                .map(|a: &Add| a.path.clone())
+                .collect(),
+            agg_rows,
+            quarantined: fresh.len(),
+        };
+        let next = Progress {
+            version: next_offset,
+            token: delta::new_token(),
+        };
         let mut totals = totals.clone();
         totals.rows_written += out.agg_rows as u64;
         totals.objects_written += out.objects.len() as u64;
-        let next = Checkpoint {
-            source: self.last.source.clone(),
+        let cp = Checkpoint {
+            source: source.clone(),
             topic: self.last.topic.clone(),
             partition: self.last.partition,
             next_offset,
@@ -215,8 +227,50 @@ impl PartitionLog {
             committed_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             state,
         };
-        self.put(&next).await?;
-        self.last = next;
+        let state_at = delta::state_path(&source, next);
+        put_object(
+            &self.storage,
+            &state_at,
+            serde_json::to_vec(&cp).expect("checkpoint serialises"),
+        )
+        .await?;
+        if !quar_adds.is_empty() {
+            delta::commit(
+                &self.storage,
+                &mut self.tables.quarantine,
+                Table::Quarantine,
+                Commit {
+                    app: &source,
+                    expected: self.quarantine,
+                    next,
+                    adds: quar_adds,
+                    removes: Vec::new(),
+                    epoch: Some(epoch as i64),
+                },
+            )
+            .await?;
+            self.quarantine = Some(next);
+        }
+        delta::commit(
+            &self.storage,
+            &mut self.tables.aggregates,
+            Table::Aggregates,
+            Commit {
+                app: &source,
+                expected: self.aggregates,
+                next,
+                adds: agg_adds,
+                removes: Vec::new(),
+                epoch: Some(epoch as i64),
+            },
+        )
+        .await?;
+        // The previous state object is no longer named by the log's latest version.
+        if let Some(prev) = self.aggregates.replace(next) {
+            let _ = delete_object(&self.storage, &delta::state_path(&source, prev)).await;
+        }
+        self.last = cp;
+        out.objects.shrink_to_fit();
         Ok(out)
     }
 }
@@ -225,15 +279,16 @@ impl PartitionLog {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::event::{Reason, Rejection};
     use crate::window::WindowStage;
     use std::sync::Arc;
 
-    fn row(ws: i64) -> AggRow {
+    fn row(ws: i64, count: u64) -> AggRow {
         AggRow {
             sensor: 0,
             direction: 0,
             window_start: ws,
-            count: 5,
+            count,
             events: 1,
             heartbeats: 0,
             faults: 0,
@@ -243,97 +298,217 @@ mod tests {
         }
     }
 
-    async fn list(storage: &Storage) -> Vec<String> {
-        use futures::TryStreamExt;
-        let mut v: Vec<String> = storage
-            .store()
-            .list(None)
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
-        v.sort();
-        v
+    fn rejected(offset: u64) -> QuarantineRecord {
+        QuarantineRecord::new(
+            "events",
+            Some(2),
+            offset,
+            Rejection::new(Reason::InvalidJson, "test"),
+            b"{oops",
+            5,
+            1_793_574_000_000,
+        )
     }
 
-    #[tokio::test]
-    async fn an_interrupted_epoch_is_removed_and_the_committed_one_kept() {
+    const WS: i64 = 1_793_574_000_000;
+
+    struct Fixture {
+        cfg: Config,
+        storage: Storage,
+        reg: Arc<SensorRegistry>,
+        stage: WindowStage,
+    }
+
+    fn fixture() -> Fixture {
         let cfg = Config::chikaho("memory://");
         let storage = Storage::open("memory://").unwrap();
         let reg = Arc::new(cfg.registry.clone());
         let stage = WindowStage::new(cfg.window.clone(), reg.clone());
-        let ws = 1_793_574_000_000;
+        Fixture {
+            cfg,
+            storage,
+            reg,
+            stage,
+        }
+    }
 
-        let mut log = PartitionLog::open(storage.clone(), "events", 2)
+    impl Fixture {
+        async fn commit(
+            &self,
+            log: &mut PartitionLog,
+            range: (i64, i64),
+            rows: &[AggRow],
+            quarantine: &[QuarantineRecord],
+        ) -> Result<EpochWritten, SinkError> {
+            log.commit(
+                &self.cfg.window,
+                &self.reg,
+                range.0,
+                range.1,
+                rows,
+                quarantine,
+                self.stage.snapshot(),
+                &PartitionTotals::default(),
+            )
+            .await
+        }
+
+        /// (people in aggregates, rows in quarantine) as SQL sees them.
+        async fn totals(&self) -> (i64, i64) {
+            let ctx = crate::jobs::context(&self.cfg, &self.storage).await.unwrap();
+            let one = |sql: &'static str| {
+                let ctx = ctx.clone();
+                async move {
+                    let b = crate::jobs::query(&ctx, sql).await.unwrap();
+                    let c = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64)
+                        .unwrap();
+                    c.as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .unwrap()
+                        .value(0)
+                }
+            };
+            (
+                one("SELECT COALESCE(SUM(count), 0) FROM aggregates").await,
+                one("SELECT COUNT(*) FROM quarantine").await,
+            )
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_epoch_is_committed_and_restored() {
+        let f = fixture();
+        let mut log = PartitionLog::open(f.storage.clone(), "events", 2)
             .await
             .unwrap();
         assert_eq!(log.committed().next_offset, -1);
-        let w = log
-            .commit(
-                &cfg.window,
-                &reg,
-                0,
-                10,
-                &[row(ws)],
-                &[],
-                stage.snapshot(),
-                &PartitionTotals::default(),
-            )
+        let w = f
+            .commit(&mut log, (0, 10), &[row(WS, 5)], &[rejected(3), rejected(7)])
             .await
             .unwrap();
-        assert_eq!(w.objects.len(), 1);
-        assert_eq!(log.committed().next_offset, 10);
-
-        // A crash after the intent and one object of epoch 2, before its checkpoint.
-        let orphan = "aggregates/date=2026-11-02/part-kafka-events-2-000000000010-00000002.parquet";
-        let intent = Intent {
-            epoch: 2,
-            objects: vec![orphan.to_string()],
-        };
-        let source = &log.committed().source;
-        put_object(
-            &storage,
-            intent_path(source).as_ref(),
-            serde_json::to_vec(&intent).unwrap(),
-        )
-        .await
-        .unwrap();
-        put_object(&storage, orphan, b"half an epoch".to_vec())
-            .await
-            .unwrap();
-
-        let reopened = PartitionLog::open(storage.clone(), "events", 2)
+        assert_eq!((w.agg_rows, w.quarantined), (1, 2));
+        let reopened = PartitionLog::open(f.storage.clone(), "events", 2)
             .await
             .unwrap();
         assert_eq!(reopened.committed().next_offset, 10);
-        let objects = list(&storage).await;
-        assert!(!objects.iter().any(|o| o == orphan), "{objects:?}");
-        assert!(objects.contains(&w.objects[0]), "{objects:?}");
-        assert!(
-            !objects.iter().any(|o| o.starts_with("_pending/")),
-            "{objects:?}"
-        );
+        assert_eq!(reopened.committed().epoch, 1);
+        assert_eq!(f.totals().await, (5, 2));
+        let cps = committed(&f.storage).await.unwrap();
+        assert_eq!(cps.len(), 1);
+        assert_eq!(cps[0].next_offset, 10);
+    }
 
-        // The intent of a committed epoch is left alone: its objects stay.
-        let mut log = reopened;
-        let w2 = log
-            .commit(
-                &cfg.window,
-                &reg,
-                10,
-                20,
-                &[row(ws + 900_000)],
-                &[],
-                stage.snapshot(),
-                &PartitionTotals::default(),
-            )
+    /// A writer that a newer owner overtook is refused, whatever it holds, and the table keeps
+    /// exactly the newer owner's rows.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stale_writer_is_fenced() {
+        let f = fixture();
+        let mut zombie = PartitionLog::open(f.storage.clone(), "events", 2)
             .await
             .unwrap();
-        PartitionLog::open(storage.clone(), "events", 2)
+        f.commit(&mut zombie, (0, 10), &[row(WS, 5)], &[])
             .await
             .unwrap();
-        let objects = list(&storage).await;
-        assert!(objects.contains(&w2.objects[0]), "{objects:?}");
-        assert!(objects.contains(&w.objects[0]), "{objects:?}");
+        // The partition moves: the new owner starts from the zombie's last commit.
+        let mut owner = PartitionLog::open(f.storage.clone(), "events", 2)
+            .await
+            .unwrap();
+        assert_eq!(owner.committed().next_offset, 10);
+        f.commit(&mut owner, (10, 20), &[row(WS + 900_000, 7)], &[rejected(12)])
+            .await
+            .unwrap();
+        // The zombie wakes up with records 10..15 it consumed before it was paused.
+        let e = f
+            .commit(&mut zombie, (10, 15), &[row(WS + 900_000, 3)], &[rejected(12)])
+            .await
+            .unwrap_err();
+        assert!(e.is_fenced() && e.is_permanent(), "{e}");
+        assert!(e.to_string().contains("fenced"), "{e}");
+        assert_eq!(f.totals().await, (12, 1));
+        // The owner carries on.
+        f.commit(&mut owner, (20, 30), &[row(WS + 1_800_000, 1)], &[])
+            .await
+            .unwrap();
+        assert_eq!(f.totals().await, (13, 1));
+    }
+
+    /// A crash between the quarantine commit and the aggregates commit: the epoch is consumed
+    /// again, and its quarantine records are not added twice.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn quarantine_is_not_doubled_after_a_crash_between_the_commits() {
+        let f = fixture();
+        let app = partition_source("events", 2);
+        let tables = TablePair::open(&f.storage).await.unwrap();
+        let encoded = encode_epoch(
+            &f.cfg.window,
+            &f.reg,
+            "2026-11-02",
+            &[],
+            &[rejected(3), rejected(7)],
+        )
+        .unwrap();
+        let (_, quar, _) = tables.write(&f.storage, encoded).await.unwrap();
+        let mut q = tables.quarantine;
+        delta::commit(
+            &f.storage,
+            &mut q,
+            Table::Quarantine,
+            Commit {
+                app: &app,
+                expected: None,
+                next: Progress {
+                    version: 10,
+                    token: 1,
+                },
+                adds: quar,
+                removes: Vec::new(),
+                epoch: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+        // The process died here. The next owner reads the same records again.
+        let mut log = PartitionLog::open(f.storage.clone(), "events", 2)
+            .await
+            .unwrap();
+        assert_eq!(log.committed().next_offset, -1);
+        f.commit(&mut log, (0, 10), &[row(WS, 5)], &[rejected(3), rejected(7)])
+            .await
+            .unwrap();
+        f.commit(&mut log, (10, 20), &[], &[rejected(11)])
+            .await
+            .unwrap();
+        assert_eq!(f.totals().await, (5, 3));
+    }
+
+    /// A state object emptied by a power cut: a clear permanent error, nothing deleted.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_empty_state_object_is_a_clear_error_and_nothing_is_deleted() {
+        let f = fixture();
+        let mut log = PartitionLog::open(f.storage.clone(), "events", 2)
+            .await
+            .unwrap();
+        f.commit(&mut log, (0, 10), &[row(WS, 5)], &[])
+            .await
+            .unwrap();
+        let app = partition_source("events", 2);
+        let t = delta::load(&f.storage, Table::Aggregates)
+            .await
+            .unwrap()
+            .unwrap();
+        let p = delta::progress(&f.storage, &t, Table::Aggregates, &app)
+            .await
+            .unwrap()
+            .unwrap();
+        put_object(&f.storage, &delta::state_path(&app, p), Vec::new())
+            .await
+            .unwrap();
+        let Err(e) = PartitionLog::open(f.storage.clone(), "events", 2).await else {
+            panic!("a damaged state was accepted");
+        };
+        assert!(e.is_permanent() && !e.is_fenced(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("empty (0 bytes)") && text.contains("Nothing was deleted"), "{text}");
+        assert_eq!(f.totals().await, (5, 0));
     }
 }

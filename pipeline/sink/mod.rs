@@ -4,6 +4,7 @@
 //! checkpoint also carries the window state). The sink knows rows, not windows or Kafka.
 
 pub mod checkpoint;
+pub mod delta;
 pub mod store;
 pub mod tables;
 pub mod writer;

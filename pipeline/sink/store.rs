@@ -87,7 +87,10 @@ impl Storage {
         let dir = dir.canonicalize()?;
         let store = LocalFileSystem::new_with_prefix(&dir)?;
         Ok(Storage {
-            store: Arc::new(store),
+            store: Arc::new(Durable {
+                inner: Arc::new(store),
+                root: dir.clone(),
+            }),
             url: url.to_string(),
             local_dir: Some(dir),
         })
@@ -97,12 +100,315 @@ impl Storage {
         &self.store
     }
 
+    /// The same storage through a store that refuses every write, copy, rename and delete
+    /// (`jinryu sql`, `monthly`, `check`: readers must not be able to change the tables).
+    pub fn read_only(&self) -> Storage {
+        Storage {
+            store: Arc::new(ReadOnly(self.store.clone())),
+            url: self.url.clone(),
+            local_dir: self.local_dir.clone(),
+        }
+    }
+
     /// Where a table lives, for humans (a directory or a URL).
     pub fn describe(&self, table: &str) -> String {
         match &self.local_dir {
             Some(d) => d.join(table).display().to_string(),
             None => format!("{}/{table}", self.url.trim_end_matches('/')),
         }
+    }
+}
+
+/// A local directory as an object store that (1) fsyncs every object it stores, and the
+/// directory that holds it, before the write returns — a Delta commit is only "done" once its data
+/// files, state object and log entry survive a power cut — and (2) lists in lexicographic order,
+/// as the Delta log reader expects from object stores (directories list in any order).
+#[derive(Debug)]
+struct Durable {
+    inner: Arc<dyn ObjectStore>,
+    root: PathBuf,
+}
+
+impl std::fmt::Display for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Durable({})", self.root.display())
+    }
+}
+
+/// fsyncs the object at `location` under `root` and its directory.
+fn sync_object(root: &std::path::Path, location: &object_store::path::Path) -> object_store::Result<()> {
+    let file = root.join(location.as_ref());
+    let io = |e: std::io::Error| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: format!("fsync of {}: {e}", file.display()).into(),
+    };
+    std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(io)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// A multipart upload whose completion is fsynced.
+#[derive(Debug)]
+struct DurableUpload {
+    inner: Box<dyn object_store::MultipartUpload>,
+    root: PathBuf,
+    location: object_store::path::Path,
+}
+
+#[async_trait::async_trait]
+impl object_store::MultipartUpload for DurableUpload {
+    fn put_part(&mut self, data: object_store::PutPayload) -> object_store::UploadPart {
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+        let done = self.inner.complete().await?;
+        let (root, location) = (self.root.clone(), self.location.clone());
+        tokio::task::spawn_blocking(move || sync_object(&root, &location))
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            })??;
+        Ok(done)
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+impl Durable {
+    async fn sync(&self, location: &object_store::path::Path) -> object_store::Result<()> {
+        let (root, location) = (self.root.clone(), location.clone());
+        tokio::task::spawn_blocking(move || sync_object(&root, &location))
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            })?
+    }
+}
+
+fn sorted(
+    listing: futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::once(async move {
+        let mut all: Vec<object_store::ObjectMeta> = listing.try_collect().await?;
+        all.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok::<_, object_store::Error>(futures::stream::iter(all.into_iter().map(Ok)))
+    })
+    .try_flatten()
+    .boxed()
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Durable {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let done = self.inner.put_opts(location, payload, opts).await?;
+        self.sync(location).await?;
+        Ok(done)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(DurableUpload {
+            inner,
+            root: self.root.clone(),
+            location: location.clone(),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &object_store::path::Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+    {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        sorted(self.inner.list(prefix))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+        offset: &object_store::path::Path,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        sorted(self.inner.list_with_offset(prefix, offset))
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        let mut l = self.inner.list_with_delimiter(prefix).await?;
+        l.objects.sort_by(|a, b| a.location.cmp(&b.location));
+        l.common_prefixes.sort();
+        Ok(l)
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await?;
+        self.sync(to).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await?;
+        self.sync(to).await
+    }
+}
+
+/// An object store that only reads: every change is refused with `PermissionDenied`.
+#[derive(Debug)]
+struct ReadOnly(Arc<dyn ObjectStore>);
+
+impl std::fmt::Display for ReadOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadOnly({})", self.0)
+    }
+}
+
+fn refused(path: &object_store::path::Path, what: &str) -> object_store::Error {
+    object_store::Error::PermissionDenied {
+        path: path.to_string(),
+        source: format!("{what} refused: this session reads the tables and cannot change them")
+            .into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ReadOnly {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        _payload: object_store::PutPayload,
+        _opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        Err(refused(location, "writing"))
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        _opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        Err(refused(location, "writing"))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.0.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &object_store::path::Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.0.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+    {
+        use futures::StreamExt;
+        locations
+            .map(|p| p.and_then(|p| Err(refused(&p, "deleting"))))
+            .boxed()
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.0.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+        offset: &object_store::path::Path,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.0.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        _from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        _options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        Err(refused(to, "copying"))
+    }
+
+    async fn rename_opts(
+        &self,
+        _from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        _options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        Err(refused(to, "renaming"))
     }
 }
 
