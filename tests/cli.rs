@@ -42,23 +42,6 @@ fn sql(cfg: &Path, q: &str) -> String {
         .unwrap())
 }
 
-fn objects(dir: &Path) -> Vec<String> {
-    let mut v = Vec::new();
-    let mut stack = vec![dir.join("data")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                v.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    v.sort();
-    v
-}
-
 /// A small day: J1-1 counts, J1-2 only heartbeats (live, zero), the rest silent (missing).
 fn day_lines(extra_hours: u32) -> String {
     let mut s = String::new();
@@ -97,7 +80,6 @@ fn replaying_an_input_replaces_its_output() {
     assert_eq!(r1["lines"], 49);
     assert_eq!(r1["quarantined"], 1);
     assert_eq!(r1["people"], 72);
-    let first = objects(dir.path());
     let total = || {
         sql(
             &cfg,
@@ -106,9 +88,9 @@ fn replaying_an_input_replaces_its_output() {
     };
     assert_eq!(total(), "people,n\n72,32\n");
 
-    // Same input again: the same objects, nothing added.
-    ingest();
-    assert_eq!(objects(dir.path()), first);
+    // Same input again: its files replace the first run's in one commit, nothing added.
+    let r2: serde_json::Value = serde_json::from_str(&ingest()).unwrap();
+    assert_eq!(r2["stale_objects_removed"], r1["objects_written"]);
     assert_eq!(total(), "people,n\n72,32\n");
 
     // The file grew: its output is replaced, not added to.
@@ -118,6 +100,134 @@ fn replaying_an_input_replaces_its_output() {
     assert_eq!(total(), "people,n\n144,64\n");
     let q = sql(&cfg, "SELECT reason, position FROM quarantine");
     assert_eq!(q, "reason,position\ntimestamp_without_offset,97\n");
+}
+
+/// Every file under `dir` with its length and modification time.
+fn tree(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                v.push((e.path().display().to_string(), m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Ingests `input` through stdin; `kill_after` bytes written, the process is killed (-9) instead.
+fn ingest_stdin(cfg: &Path, input: &[u8], kill_after: Option<usize>) -> Option<serde_json::Value> {
+    use std::io::Write;
+    let mut child = jinryu()
+        .args(["ingest", "--json", "--workers", "1", "--config"])
+        .arg(cfg)
+        .args(["--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    match kill_after {
+        Some(n) => {
+            stdin.write_all(&input[..n]).unwrap();
+            stdin.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            None
+        }
+        None => {
+            stdin.write_all(input).unwrap();
+            drop(stdin);
+            let out = ok(child.wait_with_output().unwrap());
+            Some(serde_json::from_str(&out).unwrap())
+        }
+    }
+}
+
+/// A stdin run killed half-way shows nothing; re-running the same input (its id comes from the
+/// content) gives exact totals, and a second re-run replaces rather than adds.
+#[test]
+fn stdin_rerun_after_a_failed_run_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut input = String::new();
+    for day in 2..=4 {
+        input.push_str(&day_lines(0).replace("2026-11-02", &format!("2026-11-0{day}")));
+    }
+    let input = input.into_bytes();
+    let people = "SELECT COALESCE(SUM(\"count\"), 0) AS people FROM aggregates";
+
+    assert!(ingest_stdin(&cfg, &input, Some(input.len() / 2)).is_none());
+    assert_eq!(sql(&cfg, people), "people\n0\n", "a killed run left rows behind");
+
+    let r1 = ingest_stdin(&cfg, &input, None).unwrap();
+    assert_eq!(r1["people"], 216);
+    assert!(r1["source"].as_str().unwrap().starts_with("stdin-"), "{r1}");
+    assert_eq!(sql(&cfg, people), "people\n216\n");
+
+    let r2 = ingest_stdin(&cfg, &input, None).unwrap();
+    assert_eq!(r2["source"], r1["source"]);
+    assert_eq!(r2["stale_objects_removed"], r1["objects_written"]);
+    assert_eq!(sql(&cfg, people), "people\n216\n");
+    assert_eq!(
+        sql(&cfg, "SELECT COUNT(*) AS n FROM quarantine"),
+        "n\n3\n",
+        "quarantine rows replaced, not added"
+    );
+}
+
+/// `jinryu sql` is read-only: writes through SQL are refused and nothing on disk changes.
+#[test]
+fn sql_refuses_every_write_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, day_lines(0)).unwrap();
+    ok(jinryu()
+        .args(["ingest", "--config"])
+        .arg(&cfg)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap());
+    let before = tree(dir.path());
+    let target = dir.path().join("data/aggregates/stolen");
+    for q in [
+        format!("COPY (SELECT * FROM aggregates) TO '{}' STORED AS PARQUET", target.display()),
+        "COPY aggregates TO '/tmp/jinryu-copy-test.csv'".to_string(),
+        "INSERT INTO aggregates SELECT * FROM aggregates".to_string(),
+        format!(
+            "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '{}/data/aggregates/'",
+            dir.path().display()
+        ),
+        "CREATE TABLE y AS SELECT 1".to_string(),
+        "DROP VIEW flow_15min".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+    ] {
+        let out = jinryu()
+            .args(["sql", "--config"])
+            .arg(&cfg)
+            .arg(&q)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "accepted: {q}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not supported") || err.contains("refused"), "{q}: {err}");
+    }
+    assert_eq!(tree(dir.path()), before, "a refused statement changed the storage");
+    assert!(!std::path::Path::new("/tmp/jinryu-copy-test.csv").exists());
+    assert_eq!(
+        sql(&cfg, "SELECT SUM(\"count\") AS people FROM aggregates"),
+        "people\n72\n"
+    );
 }
 
 #[test]

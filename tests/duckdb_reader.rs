@@ -1,5 +1,7 @@
 //! An independent reader agrees: DuckDB (the Python package `.ci/run` installs) reads the Parquet
-//! we wrote — Hive partitions, UTC timestamps, additive rows — and gets the simulator's truth.
+//! files that the Delta log lists as active (`tests/support/delta_files.py` replays the log with
+//! no Delta library) — Hive partitions, UTC timestamps, additive rows — and gets the simulator's
+//! truth.
 
 use std::process::Command;
 
@@ -27,18 +29,21 @@ async fn duckdb_reads_our_parquet_and_agrees_with_the_truth() {
 
     let script = r#"
 import duckdb, sys
-root = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+from delta_files import active_files
+files = active_files(sys.argv[1] + "/aggregates")
+assert files, "the log lists no files"
 con = duckdb.connect()
 rows = con.execute(f"""
     SELECT sensor_id, direction, epoch_ms(window_start) AS ws, SUM("count") AS people, BOOL_OR(up) AS up
-    FROM read_parquet('{root}/aggregates/*/*.parquet', hive_partitioning = true)
+    FROM read_parquet({files!r}, hive_partitioning = true)
     GROUP BY ALL ORDER BY ALL
 """).fetchall()
 for r in rows:
     print(f"{r[0]},{r[1]},{r[2]},{r[3]},{int(r[4])}")
 dates = con.execute(f"""
     SELECT DISTINCT CAST(date AS VARCHAR) = strftime(window_start AT TIME ZONE 'Asia/Tokyo', '%Y-%m-%d')
-    FROM read_parquet('{root}/aggregates/*/*.parquet', hive_partitioning = true)
+    FROM read_parquet({files!r}, hive_partitioning = true)
 """).fetchall()
 print("date-partitions-match-local-dates", dates)
 "#;
@@ -46,6 +51,7 @@ print("date-partitions-match-local-dates", dates)
         .arg("-c")
         .arg(script)
         .arg(&data)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"))
         .output()
         .expect("python3 runs");
     assert!(

@@ -37,29 +37,12 @@ pub fn config_text(storage_url: &str, brokers: &str, topic: &str, group: &str) -
     )
 }
 
-/// Every checkpoint in the storage.
+/// Every Kafka partition's committed state (the state objects the aggregates table's progress
+/// names).
 pub async fn checkpoints(storage: &Storage) -> Vec<Checkpoint> {
-    use futures::TryStreamExt;
-    let prefix = object_store::path::Path::from("_checkpoints");
-    let metas: Vec<_> = storage
-        .store()
-        .list(Some(&prefix))
-        .try_collect()
+    jinryu::sink::checkpoint::committed(storage)
         .await
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for m in metas {
-        let bytes = storage
-            .store()
-            .get(&m.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        out.push(serde_json::from_slice(&bytes).unwrap());
-    }
-    out
+        .expect("the committed states can be read")
 }
 
 /// Waits until the checkpoints account for `records` records with no open window left.
