@@ -69,6 +69,26 @@ struct RawConfig {
     sensors: Vec<RawSensor>,
     kafka: Option<RawKafka>,
     service: Option<RawService>,
+    retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRetention {
+    quarantine: Option<String>,
+    files: Option<String>,
+    compact_after: Option<String>,
+}
+
+/// `[retention]`: how long things are kept, and when a date is compacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Quarantine rows older than this (by received date) are expired (`quarantine`, 400 days).
+    pub quarantine_ms: i64,
+    /// Files no commit needs any more are deleted once older than this (`files`, 7 days).
+    pub files_ms: i64,
+    /// A date is compacted this long after it closed (its end + allowed lateness;
+    /// `compact_after`, 1 hour).
+    pub compact_after_ms: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,6 +341,8 @@ pub struct Config {
     pub kafka: Option<KafkaSettings>,
     /// `[service]` (defaults when absent).
     pub service: ServiceSettings,
+    /// `[retention]` (defaults when absent).
+    pub retention: Retention,
     /// Thresholds of `jinryu check` (`[checks]`).
     pub checks: crate::jobs::checks::Thresholds,
     /// Alert routes (`[alerts]`).
@@ -372,7 +394,7 @@ impl Config {
             .map(|key| ConfigProblem {
                 message: format!(
                     "unknown key `{key}`; remove it or check its spelling (known sections: timezone, \
-                     storage, window, facility, validation, sink, checks, alerts, sensors, kafka, service)"
+                     storage, window, facility, validation, sink, checks, alerts, sensors, kafka, service, retention)"
                 ),
                 key,
             })
@@ -640,6 +662,22 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
 
     let kafka = raw.kafka.map(|k| validate_kafka(k, problems));
     let service = validate_service(raw.service.unwrap_or_default(), problems);
+    let r = raw.retention.unwrap_or_default();
+    let quarantine_ms = duration_ms(problems, "retention.quarantine", r.quarantine.as_deref(), "400d");
+    let files_ms = duration_ms(problems, "retention.files", r.files.as_deref(), "7d");
+    let compact_after_ms =
+        duration_ms(problems, "retention.compact_after", r.compact_after.as_deref(), "1h");
+    if files_ms.is_some_and(|f| f < crate::sink::lifecycle::MIN_FILE_RETENTION_MS) {
+        problem(
+            problems,
+            "retention.files",
+            "must be at least 1h: a commit in progress has files that no commit names yet, and a \
+             shorter retention could delete them",
+        );
+    }
+    if quarantine_ms.is_some_and(|q| q < 86_400_000) {
+        problem(problems, "retention.quarantine", "must be at least 1d");
+    }
 
     Some(Config {
         facility_name,
@@ -651,6 +689,11 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         registry: SensorRegistry::new(sensors),
         kafka: kafka.flatten(),
         service: service?,
+        retention: Retention {
+            quarantine_ms: quarantine_ms?,
+            files_ms: files_ms?,
+            compact_after_ms: compact_after_ms?,
+        },
         checks,
         alerts,
     })

@@ -202,7 +202,7 @@ async fn kafka_only_rejections_are_quarantined_with_their_offset() {
     let text = arrow::util::pretty::pretty_format_batches(&intake)
         .unwrap()
         .to_string();
-    assert!(text.contains("| 6 | 5 | kafka-odd-0 |"), "{text}");
+    assert!(text.contains("| 6 | 5 | jinryu-odd-0 |"), "{text}");
     let rows = jinryu::jobs::query(&ctx, "SELECT sum(\"count\") FROM flow_15min")
         .await
         .unwrap();
@@ -240,11 +240,12 @@ async fn quiet_partition_closes_its_windows_by_wall_clock() {
     let run = start(&cfg, &storage);
     produce(&mock.bootstrap_servers(), "quiet", &recs);
     let produced = Instant::now();
-    let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
     let bound =
         Duration::from_millis((cfg.service.idle_timeout_ms + cfg.service.flush_interval_ms) as u64)
             + Duration::from_secs(10);
     loop {
+        // A session reads the tables as they were when it was made: one per look.
+        let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
         let b = jinryu::jobs::query(
             &ctx,
             "SELECT sum(\"count\") AS people, bool_or(late) AS late FROM aggregates",

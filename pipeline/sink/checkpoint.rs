@@ -123,7 +123,13 @@ pub struct PartitionLog {
     quarantine: Option<Progress>,
     /// The last committed checkpoint.
     last: Checkpoint,
+    /// State objects of earlier commits, and when they were superseded.
+    superseded: std::collections::VecDeque<(std::time::Instant, object_store::path::Path)>,
 }
+
+/// How long a superseded state object stays for readers of an older table version (the rest are
+/// removed by `jinryu table vacuum`).
+const STATE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl PartitionLog {
     /// Opens a partition: the tables' progress for it and the state object that progress names.
@@ -163,6 +169,7 @@ impl PartitionLog {
             aggregates,
             quarantine,
             last,
+            superseded: Default::default(),
         })
     }
 
@@ -265,9 +272,17 @@ impl PartitionLog {
             },
         )
         .await?;
-        // The previous state object is no longer named by the log's latest version.
+        // The previous state object is no longer named by the log's latest version. A reader
+        // that loaded an older version may still be about to read it: it goes after a while.
         if let Some(prev) = self.aggregates.replace(next) {
-            let _ = delete_object(&self.storage, &delta::state_path(&source, prev)).await;
+            self.superseded
+                .push_back((std::time::Instant::now(), delta::state_path(&source, prev)));
+        }
+        while let Some((at, _)) = self.superseded.front()
+            && at.elapsed() >= STATE_GRACE
+        {
+            let (_, path) = self.superseded.pop_front().expect("front exists");
+            let _ = delete_object(&self.storage, &path).await;
         }
         self.last = cp;
         out.objects.shrink_to_fit();

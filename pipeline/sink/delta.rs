@@ -423,13 +423,16 @@ pub async fn commit(
             Transaction::new_with_last_update(c.app, c.next.version, Some(now)),
             Transaction::new_with_last_update(token_app(c.app), c.next.token, Some(now)),
         ])
-        .with_metadata([
-            ("jinryu.app".to_string(), serde_json::json!(c.app)),
-            (
-                "jinryu.version".to_string(),
-                serde_json::json!(env!("CARGO_PKG_VERSION")),
-            ),
-        ]);
+        .with_metadata({
+            let mut m = super::lifecycle::who(if c.epoch.is_some() {
+                "consume"
+            } else {
+                "ingest"
+            });
+            m.insert("jinryu.app".to_string(), serde_json::json!(c.app));
+            m.insert("jinryu.progress".to_string(), serde_json::json!(c.next.version));
+            m
+        });
     let operation = match c.epoch {
         Some(epoch) => DeltaOperation::StreamingUpdate {
             output_mode: deltalake_core::protocol::OutputMode::Append,

@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod delta;
+pub mod lifecycle;
 pub mod store;
 pub mod tables;
 pub mod writer;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use jinryu::sink::checkpoint::Checkpoint;
 use jinryu::sink::store::Storage;
-use object_store::ObjectStoreExt;
 
 /// A free TCP port on loopback (and the next one, for Kafka's controller).
 pub fn free_port() -> u16 {
