@@ -175,4 +175,56 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
         alerts[0]["id"], alerts[1]["id"],
         "one alert, opened then resolved"
     );
+
+    // 3. Delta commits on S3 are conditional writes (If-None-Match: *): the server refuses to
+    // replace an existing log entry, so concurrent writers cannot overwrite each other's commits.
+    use object_store::{PutMode, PutOptions};
+    let entry = object_store::path::Path::from("aggregates/_delta_log/00000000000000000000.json");
+    let refused = storage
+        .store()
+        .put_opts(&entry, b"{}".to_vec().into(), PutOptions::from(PutMode::Create))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, object_store::Error::AlreadyExists { .. }),
+        "the S3 server overwrote a log entry: {refused}"
+    );
+    // Four runs committing to one table at once: every one lands, each exactly once.
+    let race_url = "s3://jinryu-test/race";
+    let race_cfg = Config::parse(
+        &config_text(race_url, "127.0.0.1:1", "unused", "unused"),
+        "race",
+    )
+    .unwrap();
+    let race = Storage::open(race_url).unwrap();
+    let (day, day_truth) = simulated(1, false);
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let (cfg, storage, day) = (race_cfg.clone(), race.clone(), day.clone());
+            tokio::spawn(async move {
+                jinryu::ingest::ingest(
+                    &cfg,
+                    &storage,
+                    Box::new(std::io::Cursor::new(day)),
+                    &jinryu::ingest::IngestOptions::new(&format!("racer-{i}")),
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for r in runs {
+        assert_eq!(r.await.unwrap().people, day_truth.people);
+    }
+    let ctx = jinryu::jobs::context(&race_cfg, &race).await.unwrap();
+    let b = jinryu::jobs::query(&ctx, "SELECT CAST(SUM(\"count\") AS BIGINT) FROM aggregates")
+        .await
+        .unwrap();
+    let total = b[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(total as u64, 4 * day_truth.people);
 }

@@ -74,15 +74,13 @@ pub async fn context(cfg: &Config, storage: &Storage) -> anyhow::Result<SessionC
     Ok(context_at(cfg, storage, &AsOf::Latest).await?.0)
 }
 
-/// Registers one Delta table (as it is at `as_of`) as a view with the documented column types
-/// (`schemas/*.json`); an empty table of the same columns before the table's first commit.
-async fn register_table(
-    ctx: &SessionContext,
+/// Loads one Delta table as it is at `as_of` (`None`: it has no commit by then).
+async fn load_table(
     storage: &Storage,
     table: Table,
     as_of: &AsOf,
-) -> anyhow::Result<Option<u64>> {
-    let loaded = match as_of {
+) -> anyhow::Result<Option<deltalake_core::DeltaTable>> {
+    Ok(match as_of {
         AsOf::Latest => delta::load(storage, table).await?,
         AsOf::Version(v) => Some(delta::load_version(storage, table, *v).await?),
         AsOf::Time(t) => match delta::load_at(storage, table, *t).await {
@@ -91,14 +89,23 @@ async fn register_table(
             Err(_) if table == Table::Quarantine => None,
             Err(e) => return Err(e.into()),
         },
-    };
+    })
+}
+
+/// Registers a loaded Delta table as a view with the documented column types
+/// (`schemas/*.json`); an empty table of the same columns before the table's first commit.
+async fn register_table(
+    ctx: &SessionContext,
+    table: Table,
+    loaded: Option<deltalake_core::DeltaTable>,
+) -> anyhow::Result<()> {
     let view = table.view_schema();
     let Some(loaded) = loaded else {
         ctx.register_table(
             table.name(),
             Arc::new(MemTable::try_new(view, vec![vec![]])?),
         )?;
-        return Ok(None);
+        return Ok(());
     };
     loaded.update_datafusion_session(&ctx.state())?;
     let provider = loaded.table_provider().await?;
@@ -109,43 +116,55 @@ async fn register_table(
         .collect();
     let df = ctx.read_table(provider)?.select(exprs)?;
     ctx.register_table(table.name(), df.into_view())?;
-    Ok(loaded.version())
+    Ok(())
 }
 
-/// A session over the tables as they were at `as_of`, and the versions it read. Every table is
-/// read through a store that cannot write.
+/// The table versions a session reads (set by [`context_at`]).
+pub fn read_versions(ctx: &SessionContext) -> ReadVersions {
+    ctx.state()
+        .config()
+        .get_extension::<ReadVersions>()
+        .map(|v| v.as_ref().clone())
+        .unwrap_or_default()
+}
+
+/// A session over the tables as they were at `as_of`, and the versions it read (also kept in
+/// the session: [`read_versions`]). Every table is read through a store that cannot write.
 pub async fn context_at(
     cfg: &Config,
     storage: &Storage,
     as_of: &AsOf,
 ) -> anyhow::Result<(SessionContext, ReadVersions)> {
     let storage = &storage.read_only();
-    let session = SessionConfig::new().with_information_schema(true);
-    let ctx = SessionContext::new_with_config(session);
-    // Other stored objects (alert state) are read through this URL.
-    ctx.register_object_store(
-        &url::Url::parse(crate::sink::store::DATAFUSION_URL)?,
-        storage.store().clone(),
-    );
-    let aggregates = register_table(&ctx, storage, Table::Aggregates, as_of).await?;
-    // The quarantine table at the aggregates version's time (they are committed together).
-    let q_as_of = match (as_of, aggregates) {
-        (AsOf::Version(_), Some(v)) => {
-            let t = delta::load_version(storage, Table::Aggregates, v).await?;
+    let aggregates = load_table(storage, Table::Aggregates, as_of).await?;
+    // The quarantine table at the time of the aggregates version read.
+    let q_as_of = match (as_of, &aggregates) {
+        (AsOf::Version(v), Some(t)) => {
             let ts = t
                 .snapshot()?
-                .version_timestamp(v)
+                .version_timestamp(*v)
                 .and_then(chrono::DateTime::from_timestamp_millis)
                 .unwrap_or_else(chrono::Utc::now);
             AsOf::Time(ts)
         }
         (other, _) => other.clone(),
     };
-    let quarantine = register_table(&ctx, storage, Table::Quarantine, &q_as_of).await?;
+    let quarantine = load_table(storage, Table::Quarantine, &q_as_of).await?;
     let versions = ReadVersions {
-        aggregates,
-        quarantine,
+        aggregates: aggregates.as_ref().and_then(|t| t.version()),
+        quarantine: quarantine.as_ref().and_then(|t| t.version()),
     };
+    let session = SessionConfig::new()
+        .with_information_schema(true)
+        .with_extension(Arc::new(versions.clone()));
+    let ctx = SessionContext::new_with_config(session);
+    // Other stored objects (alert state) are read through this URL.
+    ctx.register_object_store(
+        &url::Url::parse(crate::sink::store::DATAFUSION_URL)?,
+        storage.store().clone(),
+    );
+    register_table(&ctx, Table::Aggregates, aggregates).await?;
+    register_table(&ctx, Table::Quarantine, quarantine).await?;
 
     let reg = &cfg.registry;
     let sensors = RecordBatch::try_new(

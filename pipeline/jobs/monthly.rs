@@ -364,7 +364,8 @@ pub async fn write_monthly(
             (d.year(), d.month()) == (year, month)
         })
         .collect();
-    let summary = quality_summary(&grid, format, &out, quarantined, &alerts);
+    let versions = super::read_versions(ctx);
+    let summary = quality_summary(&grid, format, &out, quarantined, &alerts, &versions);
     write_atomically(&out.summary_file, summary.as_bytes())?;
     let html = super::report::html(&grid, &out, &cfg.facility_name, &alerts)
         .map_err(anyhow::Error::msg)?;
@@ -394,12 +395,17 @@ async fn quarantined_in_month(
     Ok(out)
 }
 
+fn show_version(v: Option<u64>) -> String {
+    v.map_or_else(|| "(none: no commit yet)".to_string(), |v| v.to_string())
+}
+
 fn quality_summary(
     grid: &MonthGrid,
     format: &Format,
     out: &MonthlyOutput,
     quarantined: BTreeMap<String, u64>,
     alerts: &[crate::alerts::Alert],
+    versions: &super::ReadVersions,
 ) -> String {
     let mut s = format!(
         "# Quality summary {:04}-{:02}\n\nFile: `{}` (format `{}`), sha256 `{}`\n\nDue: {} (5th business day of the next month){}\n\n",
@@ -418,6 +424,13 @@ fn quality_summary(
             ""
         }
     );
+    s.push_str(&format!(
+        "Built from: aggregates table version {}, quarantine table version {} (rebuild this file \
+         byte for byte with `jinryu monthly --as-of {}`).\n\n",
+        show_version(versions.aggregates),
+        show_version(versions.quarantine),
+        versions.aggregates.map_or("0".to_string(), |v| v.to_string()),
+    ));
     s.push_str(&format!(
         "Cells (sensor x direction x window): {} — ok {}, estimated {}, missing {}, closed {}. People measured: {}.\n\n",
         out.rows, out.ok, out.estimated, out.missing, out.closed, out.people

@@ -123,6 +123,9 @@ pub struct PartitionLog {
     quarantine: Option<Progress>,
     /// The last committed checkpoint.
     last: Checkpoint,
+    /// A commit whose outcome is unknown (its answer was lost): the quarantine and aggregates
+    /// progress it would set, and its checkpoint. The next call adopts it if it landed.
+    inflight: Option<(Option<Progress>, Progress, Checkpoint)>,
     /// State objects of earlier commits, and when they were superseded.
     superseded: std::collections::VecDeque<(std::time::Instant, object_store::path::Path)>,
 }
@@ -169,6 +172,7 @@ impl PartitionLog {
             aggregates,
             quarantine,
             last,
+            inflight: None,
             superseded: Default::default(),
         })
     }
@@ -195,6 +199,32 @@ impl PartitionLog {
         totals: &PartitionTotals,
     ) -> Result<EpochWritten, SinkError> {
         let _ = first_offset;
+        if let Some((quar, agg, cp)) = self.inflight.take() {
+            // The previous call failed after its commits were sent: see what landed.
+            let (s, t) = (&self.storage, &mut self.tables);
+            for (which, table) in [
+                (Table::Quarantine, &mut t.quarantine),
+                (Table::Aggregates, &mut t.aggregates),
+            ] {
+                table.update_state().await.map_err(|e| delta::DeltaError::Table {
+                    table: which.name(),
+                    storage: s.url.clone(),
+                    source: e,
+                })?;
+            }
+            if quar.is_some()
+                && delta::progress(s, &t.quarantine, Table::Quarantine, &cp.source).await? == quar
+            {
+                self.quarantine = quar;
+            }
+            if delta::progress(s, &t.aggregates, Table::Aggregates, &cp.source).await? == Some(agg)
+            {
+                tracing::info!(app = %cp.source, next_offset = cp.next_offset, "the previous commit had landed");
+                self.aggregates = Some(agg);
+                self.last = cp;
+                return Ok(EpochWritten::default());
+            }
+        }
         let now = chrono::Utc::now();
         let epoch = self.last.epoch + 1;
         let source = self.last.source.clone();
@@ -241,6 +271,11 @@ impl PartitionLog {
             serde_json::to_vec(&cp).expect("checkpoint serialises"),
         )
         .await?;
+        self.inflight = Some((
+            if quar_adds.is_empty() { None } else { Some(next) },
+            next,
+            cp.clone(),
+        ));
         if !quar_adds.is_empty() {
             delta::commit(
                 &self.storage,
@@ -272,6 +307,7 @@ impl PartitionLog {
             },
         )
         .await?;
+        self.inflight = None;
         // The previous state object is no longer named by the log's latest version. A reader
         // that loaded an older version may still be about to read it: it goes after a while.
         if let Some(prev) = self.aggregates.replace(next) {

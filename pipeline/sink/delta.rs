@@ -397,9 +397,18 @@ pub struct Commit<'a> {
     pub epoch: Option<i64>,
 }
 
+/// How long [`commit`] keeps retrying a commit that failed on storage (network, timeouts,
+/// throttling) before it gives up.
+const COMMIT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Commits `c` to the table: refreshes it, checks (fencing) that the application id's progress is
 /// still `c.expected`, and commits the actions with the new progress in one Delta commit.
 /// Returns the table version committed.
+///
+/// A commit that fails on storage is retried with backoff. Its outcome may be unknown (the log
+/// entry was written but the answer lost): before each retry the table is read again, and a
+/// progress equal to `c.next` — the same version *and* the same random token — can only be this
+/// very commit, so it counts as done. Any other progress means another writer: fenced.
 pub async fn commit(
     storage: &Storage,
     table: &mut DeltaTable,
@@ -407,16 +416,12 @@ pub async fn commit(
     c: Commit<'_>,
 ) -> Result<u64, DeltaError> {
     let e = err(storage, which);
-    table.update_state().await.map_err(&e)?;
-    let found = progress(storage, table, which, c.app).await?;
-    if found != c.expected {
-        return Err(DeltaError::Fenced {
-            table: which.name(),
-            app: c.app.to_string(),
-            expected: show(c.expected),
-            found: show(found),
-        });
-    }
+    let fenced = |found: String| DeltaError::Fenced {
+        table: which.name(),
+        app: c.app.to_string(),
+        expected: show(c.expected),
+        found,
+    };
     let now = chrono::Utc::now().timestamp_millis();
     let props = CommitProperties::default()
         .with_application_transactions(vec![
@@ -447,26 +452,64 @@ pub async fn commit(
     };
     let mut actions: Vec<Action> = c.removes.into_iter().map(Action::Remove).collect();
     actions.extend(c.adds.into_iter().map(Action::Add));
-    let snapshot = table.snapshot().map_err(&e)?;
-    let done = CommitBuilder::from(props)
-        .with_actions(actions)
-        .build(Some(snapshot), table.log_store(), operation)
-        .await;
-    match done {
-        Ok(fin) => {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(500);
+    loop {
+        let attempt: Result<u64, DeltaTableError> = async {
+            table.update_state().await?;
+            let found = progress(storage, table, which, c.app)
+                .await
+                .map_err(|e| match e {
+                    DeltaError::Table { source, .. } => source,
+                    other => DeltaTableError::Generic(other.to_string()),
+                })?;
+            if found == Some(c.next) {
+                // An earlier attempt landed; its answer was lost.
+                return Ok(table.version().unwrap_or_default());
+            }
+            if found != c.expected {
+                return Err(DeltaTableError::Generic(format!("fenced: {}", show(found))));
+            }
+            let snapshot = table.snapshot()?;
+            let fin = CommitBuilder::from(props.clone())
+                .with_actions(actions.clone())
+                .build(Some(snapshot), table.log_store(), operation.clone())
+                .await?;
             let v = fin.version();
             table.state = Some(fin.snapshot());
             Ok(v)
         }
-        Err(DeltaTableError::Transaction {
-            source: TransactionError::CommitConflict(conflict),
-        }) if conflict.to_string().contains("transaction") => Err(DeltaError::Fenced {
-            table: which.name(),
-            app: c.app.to_string(),
-            expected: show(c.expected),
-            found: format!("a concurrent commit ({conflict})"),
-        }),
-        Err(other) => Err(e(other)),
+        .await;
+        match attempt {
+            Ok(v) => return Ok(v),
+            Err(DeltaTableError::Generic(m)) if m.starts_with("fenced: ") => {
+                return Err(fenced(m["fenced: ".len()..].to_string()));
+            }
+            Err(DeltaTableError::Transaction {
+                source:
+                    TransactionError::CommitConflict(
+                        deltalake_core::kernel::transaction::CommitConflictError::ConcurrentTransaction,
+                    ),
+            }) => {
+                // Another commit carries our application id: ours (an attempt whose answer was
+                // lost; the loop's next read sees it) or a newer writer's.
+                table.update_state().await.map_err(&e)?;
+                let found = progress(storage, table, which, c.app).await?;
+                if found == Some(c.next) {
+                    return Ok(table.version().unwrap_or_default());
+                }
+                return Err(fenced(format!("a concurrent commit ({})", show(found))));
+            }
+            Err(other) => {
+                let failure = e(other);
+                if failure.is_permanent() || started.elapsed() + wait > COMMIT_RETRY_FOR {
+                    return Err(failure);
+                }
+                tracing::warn!(error = %failure, retry_in = ?wait, "commit failed; retrying (nothing is visible until it succeeds)");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(15));
+            }
+        }
     }
 }
 
