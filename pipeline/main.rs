@@ -30,6 +30,7 @@ Start here:
   jinryu check --config jinryu.toml [--from 2026-11-01 --to 2026-11-30]   data-quality alerts
   jinryu faults --config jinryu.toml --month 2026-11                       fault report drafts
   jinryu sql --config jinryu.toml \"SELECT * FROM flow_15min LIMIT 10\"
+  jinryu table history --config jinryu.toml       who committed what (also: compact, vacuum, expire)
 
 Configuration: docker/jinryu.toml is a complete, commented example. Logs go to stderr; set
 JINRYU_LOG=debug for more. Exit status: 0 success, 1 failure (the message says what to do),
@@ -157,6 +158,11 @@ enum Command {
         /// Directory to write the files to
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Build it from the tables as they were: an aggregates table version (the quality
+        /// summary of every deliverable names the one it was built from) or an RFC 3339 time.
+        /// The same version gives the same CSV, byte for byte. Versions are kept 30 days.
+        #[arg(long, value_name = "VERSION|TIME")]
+        as_of: Option<jobs::AsOf>,
     },
     /// Run the data-quality checks (sql/checks/*.sql) and raise alerts.
     ///
@@ -219,6 +225,66 @@ enum Command {
         /// Output format
         #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
         format: SqlFormat,
+        /// Query the tables as they were at an aggregates table version or an RFC 3339 time
+        #[arg(long, value_name = "VERSION|TIME")]
+        as_of: Option<jobs::AsOf>,
+    },
+    /// Look after the Delta tables: history, compaction, vacuum, quarantine expiry.
+    ///
+    /// `aggregates` and `quarantine` are Delta Lake tables under the storage root
+    /// (<root>/aggregates, <root>/quarantine), partitioned by local date. Every ingest run and
+    /// every Kafka partition commits its files together with its progress; these commands never
+    /// change what a query returns.
+    Table {
+        #[command(subcommand)]
+        action: TableAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TableAction {
+    /// The latest commits of a table: version, time, operation, who (host, process, source).
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// aggregates or quarantine
+        #[arg(long, default_value = "aggregates")]
+        table: String,
+        /// How many commits, newest first
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Rewrite a closed date's many small files into one, per table, atomically: readers see the
+    /// old files or the new one, never both, and counts do not change.
+    ///
+    /// Without --date: every date that closed (end + allowed lateness + [retention]
+    /// compact_after) and has more than one file. `jinryu run` does this on its own every hour.
+    Compact {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One local date, YYYY-MM-DD (even one that is still open: late rows are still added
+        /// afterwards, as new files)
+        #[arg(long)]
+        date: Option<chrono::NaiveDate>,
+    },
+    /// Delete files that no current commit needs (replaced by compaction or a re-run, or written
+    /// by an epoch that never committed) and superseded state objects, once older than the
+    /// retention. Time travel (--as-of) cannot go back past what was vacuumed.
+    Vacuum {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Keep files younger than this [default: [retention] files, 7d]; at least 1h
+        #[arg(long)]
+        retention: Option<String>,
+        /// List what would be deleted; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove quarantine rows received more than [retention] quarantine (400d) ago, whole dates,
+    /// in one commit. `jinryu run` does this daily.
+    Expire {
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -322,6 +388,137 @@ fn print_report(r: &Report) {
     );
 }
 
+fn table_arg(name: &str) -> anyhow::Result<jinryu::sink::delta::Table> {
+    use jinryu::sink::delta::Table;
+    Table::ALL
+        .into_iter()
+        .find(|t| t.name() == name)
+        .ok_or_else(|| anyhow::anyhow!("--table {name}: there are two tables, aggregates and quarantine"))
+}
+
+async fn table_command(action: TableAction) -> anyhow::Result<()> {
+    use jinryu::sink::delta::Table;
+    use jinryu::sink::lifecycle;
+    match action {
+        TableAction::History {
+            config,
+            table,
+            limit,
+        } => {
+            let cfg = config.load()?;
+            let storage = Storage::open(&cfg.storage_url)?;
+            let table = table_arg(&table)?;
+            let entries = lifecycle::history(&storage, table, limit).await?;
+            if entries.is_empty() {
+                println!("{}: no commits yet ({})", table.name(), storage.describe(table.name()));
+            }
+            for h in entries {
+                let i = &h.info;
+                let when = i
+                    .timestamp
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| {
+                        t.with_timezone(&cfg.timezone)
+                            .format("%Y-%m-%d %H:%M:%S%:z")
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                let get = |k: &str| {
+                    i.info
+                        .get(k)
+                        .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))
+                        .unwrap_or_default()
+                };
+                let files = i
+                    .operation_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("epochId").or(p.get("mode")))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                println!(
+                    "{:>6}  {when}  {:<18} {:<28} host={} pid={} {}{}",
+                    h.version.map_or("?".to_string(), |v| v.to_string()),
+                    i.operation.clone().unwrap_or_default(),
+                    get("jinryu.app"),
+                    get("jinryu.host"),
+                    get("jinryu.pid"),
+                    match get("jinryu.progress").as_str() {
+                        "" => String::new(),
+                        p => format!("progress={p} "),
+                    },
+                    if files.is_empty() { String::new() } else { format!("({files})") }
+                );
+            }
+            Ok(())
+        }
+        TableAction::Compact { config, date } => {
+            let cfg = config.load()?;
+            let storage = Storage::open(&cfg.storage_url)?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let mut total = 0;
+            for table in Table::ALL {
+                let dates = match date {
+                    Some(d) => vec![d.format("%Y-%m-%d").to_string()],
+                    None => lifecycle::compactable_dates(&cfg, &storage, table, now).await?,
+                };
+                for d in dates {
+                    let c = lifecycle::compact_date(&storage, table, &d).await?;
+                    if c.files_removed > 0 {
+                        total += 1;
+                        println!(
+                            "{} {}: {} files → {}",
+                            c.table, c.date, c.files_removed, c.files_added
+                        );
+                    }
+                }
+            }
+            if total == 0 {
+                println!("nothing to compact: every closed date is one file per table");
+            }
+            Ok(())
+        }
+        TableAction::Vacuum {
+            config,
+            retention,
+            dry_run,
+        } => {
+            let cfg = config.load()?;
+            let storage = Storage::open(&cfg.storage_url)?;
+            let retention_ms = match retention {
+                Some(r) => jinryu::config::parse_duration(&r)
+                    .map_err(|e| anyhow::anyhow!("--retention {e}"))?
+                    .as_millis() as i64,
+                None => cfg.retention.files_ms,
+            };
+            let v = lifecycle::vacuum(&storage, retention_ms, dry_run).await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for (table, files) in &v.files {
+                println!("{table}: {verb} {} file(s)", files.len());
+                for f in files {
+                    println!("  {f}");
+                }
+            }
+            println!("state objects: {verb} {}", v.states.len());
+            Ok(())
+        }
+        TableAction::Expire { config } => {
+            let cfg = config.load()?;
+            let storage = Storage::open(&cfg.storage_url)?;
+            let dates =
+                lifecycle::expire_quarantine(&cfg, &storage, chrono::Utc::now().timestamp_millis())
+                    .await?;
+            match (dates.first(), dates.last()) {
+                (Some(a), Some(b)) => println!(
+                    "quarantine: removed {} date(s), {a} .. {b} (files stay until `jinryu table vacuum`)",
+                    dates.len()
+                ),
+                _ => println!("quarantine: nothing older than the retention"),
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Runs every check over `[from, to]` and merges the alerts into the stored state.
 async fn run_checks(
     cfg: &Config,
@@ -344,6 +541,11 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     let addr = jinryu::service::metrics::serve(metrics.clone(), cfg.service.listen).await?;
     eprintln!("jinryu run: /healthz and /metrics on http://{addr}");
     tokio::spawn(jinryu::service::watch(cfg.clone(), metrics.clone()));
+    tokio::spawn(jinryu::service::maintain(
+        cfg.clone(),
+        storage.clone(),
+        std::time::Duration::from_secs(60),
+    ));
     let running = jinryu::service::spawn(cfg, storage, tokio::runtime::Handle::current(), metrics)?;
     let stop = running.stop.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -587,6 +789,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             month: (year, month),
             format,
             out,
+            as_of,
         } => {
             let cfg = config.load()?;
             let format = match format {
@@ -594,7 +797,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 None => jobs::format::Format::long(),
             };
             let storage = Storage::open(&cfg.storage_url)?;
-            let ctx = jobs::context(&cfg, &storage).await?;
+            let (ctx, versions) =
+                jobs::context_at(&cfg, &storage, &as_of.clone().unwrap_or_default()).await?;
             let m = jobs::monthly::write_monthly(&ctx, &cfg, year, month, &format, &out).await?;
             println!(
                 "== jinryu monthly {year:04}-{month:02} (format {}) ==",
@@ -603,6 +807,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("file         {}", m.csv.display());
             println!("checksum     {}  ({})", m.sha256, m.sha256_file.display());
             println!("summary      {}", m.summary_file.display());
+            println!(
+                "built from   aggregates version {}{}",
+                versions
+                    .aggregates
+                    .map_or_else(|| "(no commit yet)".to_string(), |v| v.to_string()),
+                if as_of.is_some() {
+                    " (--as-of: the tables as they were)"
+                } else {
+                    ""
+                }
+            );
             println!(
                 "cells        {} ({} ok, {} estimated, {} missing, {} closed); {} people measured",
                 m.rows, m.ok, m.estimated, m.missing, m.closed, m.people
@@ -717,10 +932,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             query,
             format,
+            as_of,
         } => {
             let cfg = config.load()?;
             let storage = Storage::open(&cfg.storage_url)?;
-            let ctx = jobs::context(&cfg, &storage).await?;
+            let (ctx, _) = jobs::context_at(&cfg, &storage, &as_of.unwrap_or_default()).await?;
             let batches = jobs::query(&ctx, &query).await?;
             match format {
                 SqlFormat::Table => {
@@ -735,5 +951,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Table { action } => table_command(action).await,
     }
 }

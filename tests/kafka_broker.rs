@@ -438,3 +438,98 @@ async fn the_checkpoint_wins_over_the_groups_committed_offsets() {
     assert!(sigterm_and_wait(&mut run).success());
     case.verify().await;
 }
+
+fn signal(c: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(c.id() as i32, sig) };
+}
+
+/// A `jinryu run` paused (SIGSTOP) past its session timeout while it holds consumed records: the
+/// group gives its partitions to another process, which commits more. When the paused one wakes
+/// up it must not commit its stale epoch (it is fenced, or sees its assignment lost) — every
+/// window still equals the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_fenced_when_it_wakes_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = setup_unpublished(tmp.path(), 4);
+    let publisher = case.publish(Some(20_000));
+    let mut zombie = case.run("zombie");
+    let t0 = Instant::now();
+    while case.committed().await == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(90), "{}", case.log("zombie"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Paused mid-stream, with records consumed and not yet committed.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    signal(&zombie, libc::SIGSTOP);
+    let at_pause = case.committed().await;
+    let mut owner = case.run("owner");
+    let t0 = Instant::now();
+    while !(case.log("owner").contains("partition assigned") && case.committed().await > at_pause)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the new owner never committed:\n{}",
+            case.log("owner")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&zombie, libc::SIGCONT);
+    let out = tokio::task::spawn_blocking(move || publisher.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    case.check_published(&out);
+    case.verify().await;
+    let log = case.log("zombie");
+    for l in log.lines().filter(|l| l.contains("FENCED") || l.contains("without committing")) {
+        eprintln!("zombie: {l}");
+    }
+    assert!(
+        log.contains("FENCED") || log.contains("released without committing"),
+        "the woken owner neither was fenced nor saw its assignment lost:\n{log}"
+    );
+    kill9(&mut zombie);
+    let st = sigterm_and_wait(&mut owner);
+    assert!(st.success(), "{st}\n{}", case.log("owner"));
+}
+
+/// Two services with different consumer groups on one storage both read every partition: the
+/// second writer of a partition is fenced (refused, /healthz 503), never a double count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_on_one_storage_are_fenced_not_doubled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = setup(tmp.path(), 2);
+    let other_cfg = tmp.path().join("other-group.toml");
+    std::fs::write(
+        &other_cfg,
+        std::fs::read_to_string(&case.cfg_path)
+            .unwrap()
+            .replace("group = \"jinryu-test\"", "group = \"another-group\""),
+    )
+    .unwrap();
+    let mut a = case.run("a");
+    let log = std::fs::File::create(tmp.path().join("run-b.log")).unwrap();
+    let mut b = jinryu()
+        .arg("run")
+        .arg("--config")
+        .arg(&other_cfg)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    case.verify().await;
+    let (la, lb) = (case.log("a"), case.log("b"));
+    assert!(
+        la.contains("FENCED") || lb.contains("FENCED"),
+        "neither service was fenced:\n{la}\n{lb}"
+    );
+    // The fenced one says so on /healthz.
+    let fenced_log = if lb.contains("FENCED") { &lb } else { &la };
+    let addr = metrics_addr(fenced_log).expect("metrics address");
+    let (status, body) = http_get(&addr, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("fenced"), "{body}");
+    kill9(&mut a);
+    kill9(&mut b);
+}

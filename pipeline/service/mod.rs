@@ -921,6 +921,58 @@ pub fn run(
     Ok(summary)
 }
 
+/// How often [`maintain`] looks for closed dates to compact.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+
+/// The tables' upkeep while the service runs: every hour, each closed date with more than one
+/// file is compacted (both tables); once a day, quarantine rows past `[retention] quarantine`
+/// are expired. Failures are logged and retried at the next round; they never stop consuming.
+/// Several processes in one group may both try: one compaction wins, the other's commit
+/// conflicts and is skipped.
+pub async fn maintain(cfg: Config, storage: Storage, first_after: Duration) {
+    use crate::sink::delta::Table;
+    use crate::sink::lifecycle;
+    tokio::time::sleep(first_after).await;
+    let mut last_expiry: Option<Instant> = None;
+    loop {
+        let now = now_ms();
+        for table in Table::ALL {
+            let dates = match lifecycle::compactable_dates(&cfg, &storage, table, now).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(table = table.name(), error = %e, "compaction: cannot list the table's dates; trying again in an hour");
+                    continue;
+                }
+            };
+            for d in dates {
+                match lifecycle::compact_date(&storage, table, &d).await {
+                    Ok(c) => tracing::info!(
+                        table = c.table,
+                        date = %c.date,
+                        files_removed = c.files_removed,
+                        files_added = c.files_added,
+                        "compacted a closed date"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(table = table.name(), date = %d, error = %e, "compaction failed; trying again in an hour")
+                    }
+                }
+            }
+        }
+        if last_expiry.is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400)) {
+            match lifecycle::expire_quarantine(&cfg, &storage, now).await {
+                Ok(dates) if !dates.is_empty() => {
+                    tracing::info!(dates = dates.len(), "expired old quarantine dates")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "quarantine expiry failed; trying again tomorrow"),
+            }
+            last_expiry = Some(Instant::now());
+        }
+        tokio::time::sleep(MAINTAIN_EVERY).await;
+    }
+}
+
 /// One condition of [`watch`]: raised once when it starts, resolved once when it ends.
 struct Condition {
     kind: &'static str,
@@ -987,6 +1039,15 @@ pub async fn watch(cfg: Config, metrics: Arc<Metrics>) {
         cleared: "The lag stopped growing; nothing to do.",
         since: None,
     };
+    let mut stopped = Condition {
+        kind: "partition_stopped",
+        action: "A partition stopped on a permanent error (fenced by another writer, or a damaged \
+                 state object): /healthz names it and the reason. Fenced: make sure only one \
+                 service (one group) writes this storage, then restart. Damaged: restore the \
+                 state object from object-store versioning or a backup; nothing was deleted.",
+        cleared: "Every partition is consuming again; nothing to do.",
+        since: None,
+    };
     let mut lag_samples: std::collections::VecDeque<(i64, i64)> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -1020,6 +1081,17 @@ pub async fn watch(cfg: Config, metrics: Arc<Metrics>) {
                 serde_json::json!({"consumer_lag": lag, "lag_before": old.map(|o| o.1)}),
                 lag,
             ),
+            {
+                let list = metrics.stopped();
+                stopped.update(
+                    &cfg,
+                    !list.is_empty(),
+                    now,
+                    now,
+                    serde_json::json!({"partitions": list}),
+                    lag,
+                )
+            },
         ]
         .into_iter()
         .flatten()
