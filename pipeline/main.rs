@@ -490,7 +490,13 @@ async fn table_command(action: TableAction) -> anyhow::Result<()> {
                     .as_millis() as i64,
                 None => cfg.retention.files_ms,
             };
-            let v = lifecycle::vacuum(&storage, retention_ms, dry_run).await?;
+            let v = lifecycle::vacuum(
+                &storage,
+                retention_ms,
+                dry_run,
+                chrono::Utc::now().timestamp_millis(),
+            )
+            .await?;
             let verb = if dry_run { "would delete" } else { "deleted" };
             for (table, files) in &v.files {
                 println!("{table}: {verb} {} file(s)", files.len());

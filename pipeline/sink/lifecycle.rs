@@ -131,6 +131,16 @@ pub fn who(action: &str) -> BTreeMap<String, serde_json::Value> {
     ])
 }
 
+/// A fixed "now" for vacuum's retention arithmetic.
+#[derive(Debug)]
+struct At(i64);
+
+impl deltalake_core::operations::vacuum::Clock for At {
+    fn current_timestamp_millis(&self) -> i64 {
+        self.0
+    }
+}
+
 /// What a vacuum did (or would do, on a dry run).
 #[derive(Debug, Clone, Default)]
 pub struct Vacuumed {
@@ -142,11 +152,14 @@ pub struct Vacuumed {
 
 /// Deletes data files no current commit names (replaced by compaction or a re-run, or written by
 /// an epoch that never committed) once older than `retention_ms`, and state objects that no
-/// table's progress names once older than that. A `dry_run` deletes nothing.
+/// table's progress names once older than that, as of `now_ms` (a file replaced by a commit
+/// counts from that commit, one that no commit ever named from its write). A `dry_run` deletes
+/// nothing.
 pub async fn vacuum(
     storage: &Storage,
     retention_ms: i64,
     dry_run: bool,
+    now_ms: i64,
 ) -> Result<Vacuumed, DeltaError> {
     if retention_ms < MIN_FILE_RETENTION_MS {
         return Err(err(storage, Table::Aggregates)(DeltaTableError::Generic(
@@ -169,6 +182,7 @@ pub async fn vacuum(
             .with_retention_period(chrono::Duration::milliseconds(retention_ms))
             .with_enforce_retention_duration(false)
             .with_dry_run(dry_run)
+            .with_clock(std::sync::Arc::new(At(now_ms)))
             .with_commit_properties(
                 CommitProperties::default().with_metadata(who("vacuum").into_iter()),
             )
@@ -176,7 +190,8 @@ pub async fn vacuum(
             .map_err(err(storage, table))?;
         out.files.insert(table.name(), m.files_deleted);
     }
-    let cutoff = chrono::Utc::now() - chrono::Duration::milliseconds(retention_ms);
+    let cutoff = chrono::DateTime::from_timestamp_millis(now_ms - retention_ms)
+        .unwrap_or_else(chrono::Utc::now);
     let states: Vec<_> = storage
         .store()
         .list(Some(&object_store::path::Path::from("_state")))

@@ -1,0 +1,267 @@
+//! The Delta tables over their life: compaction while readers read, time travel that rebuilds a
+//! deliverable byte for byte, vacuum that removes only what no snapshot needs, quarantine expiry.
+
+mod support;
+
+use std::path::Path;
+
+use jinryu::config::Config;
+use jinryu::ingest::{IngestOptions, ingest};
+use jinryu::jobs::{self, AsOf};
+use jinryu::sink::delta::Table;
+use jinryu::sink::lifecycle;
+use jinryu::sink::store::Storage;
+
+/// A file-backed storage with 3 simulated days ingested in many small files per date.
+async fn ingested(dir: &Path) -> (Config, Storage, jinryu::simulate::Truth) {
+    let mut cfg = Config::chikaho(&format!("file://{}/data", dir.display()));
+    cfg.roll_rows = 400;
+    let storage = Storage::open(&cfg.storage_url).unwrap();
+    let (stream, truth) = support::simulated(3, true);
+    let r = ingest(
+        &cfg,
+        &storage,
+        Box::new(std::io::Cursor::new(stream)),
+        &IngestOptions::new("three-days"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.people, truth.people);
+    (cfg, storage, truth)
+}
+
+async fn people(cfg: &Config, storage: &Storage) -> i64 {
+    let ctx = jobs::context(cfg, storage).await.unwrap();
+    let b = jobs::query(&ctx, "SELECT CAST(SUM(\"count\") AS BIGINT) FROM aggregates")
+        .await
+        .unwrap();
+    b[0].column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+async fn verify(cfg: &Config, storage: &Storage, truth: &jinryu::simulate::Truth, as_of: &AsOf) {
+    let (ctx, _) = jobs::context_at(cfg, storage, as_of).await.unwrap();
+    let v = jinryu::demo::verify(&ctx, cfg, truth).await.unwrap();
+    assert!(v.mismatches.is_empty(), "{:#?}", v.mismatches);
+}
+
+async fn monthly_csv(cfg: &Config, storage: &Storage, as_of: &AsOf, out: &Path) -> Vec<u8> {
+    let (ctx, _) = jobs::context_at(cfg, storage, as_of).await.unwrap();
+    let format = jobs::format::Format::long();
+    let m = jobs::monthly::write_monthly(&ctx, cfg, 2026, 10, &format, out)
+        .await
+        .unwrap();
+    std::fs::read(&m.csv).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_while_reading_never_changes_a_count_and_time_travel_rebuilds_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, storage, truth) = ingested(tmp.path()).await;
+    let before = lifecycle::files_per_date(&storage, Table::Aggregates)
+        .await
+        .unwrap();
+    assert!(before.values().all(|&n| n > 3), "{before:?}");
+    let version_before = jinryu::sink::delta::load(&storage, Table::Aggregates)
+        .await
+        .unwrap()
+        .unwrap()
+        .version()
+        .unwrap();
+    let csv_before = monthly_csv(&cfg, &storage, &AsOf::Latest, &tmp.path().join("m1")).await;
+
+    // Compact every date of both tables while readers keep reading.
+    let (s2, dates) = (storage.clone(), before.keys().cloned().collect::<Vec<_>>());
+    let compactor = tokio::spawn(async move {
+        for d in dates {
+            for t in Table::ALL {
+                lifecycle::compact_date(&s2, t, &d).await.unwrap();
+            }
+        }
+    });
+    let mut reads = 0;
+    while !compactor.is_finished() || reads < 3 {
+        assert_eq!(people(&cfg, &storage).await as u64, truth.people, "read {reads}");
+        reads += 1;
+    }
+    compactor.await.unwrap();
+    let after = lifecycle::files_per_date(&storage, Table::Aggregates)
+        .await
+        .unwrap();
+    assert!(after.values().all(|&n| n == 1), "{after:?}");
+    verify(&cfg, &storage, &truth, &AsOf::Latest).await;
+
+    // The same deliverable after compaction, and rebuilt from the version before it.
+    let csv_after = monthly_csv(&cfg, &storage, &AsOf::Latest, &tmp.path().join("m2")).await;
+    assert_eq!(csv_after, csv_before);
+    let csv_then = monthly_csv(
+        &cfg,
+        &storage,
+        &AsOf::Version(version_before),
+        &tmp.path().join("m3"),
+    )
+    .await;
+    assert_eq!(csv_then, csv_before);
+    let summary = std::fs::read_to_string(tmp.path().join("m3/2026_10.quality.md")).unwrap();
+    assert!(
+        summary.contains(&format!("aggregates table version {version_before},")),
+        "{summary}"
+    );
+
+    // A later run changes today's tables; the old version still gives the old file.
+    let extra = "{\"sensor_id\":\"J1-1\",\"ts\":\"2026-10-01T12:00:05+09:00\",\"direction\":\"north\",\"count\":9}\n";
+    ingest(
+        &cfg,
+        &storage,
+        Box::new(std::io::Cursor::new(extra.as_bytes().to_vec())),
+        &IngestOptions::new("extra"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(people(&cfg, &storage).await as u64, truth.people + 9);
+    let csv_now = monthly_csv(&cfg, &storage, &AsOf::Latest, &tmp.path().join("m4")).await;
+    assert_ne!(csv_now, csv_before);
+    let csv_then = monthly_csv(
+        &cfg,
+        &storage,
+        &AsOf::Version(version_before),
+        &tmp.path().join("m5"),
+    )
+    .await;
+    assert_eq!(csv_then, csv_before);
+}
+
+/// Every file under `root/table`, data files only (not the log).
+fn data_files(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    let mut stack = vec![root.join(table)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if !p.ends_with("_delta_log") {
+                    stack.push(p);
+                }
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The files the Delta log names as active, read with tests/support/delta_files.py.
+fn active(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/delta_files.py"
+        ))
+        .arg(root.join(table))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(std::path::PathBuf::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_removes_only_what_no_snapshot_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, storage, truth) = ingested(tmp.path()).await;
+    let root = tmp.path().join("data");
+    // A run that died before its commit: files that no commit names.
+    {
+        let reg = std::sync::Arc::new(cfg.registry.clone());
+        let mut w = jinryu::sink::writer::SourceWriter::start(
+            storage.clone(),
+            reg,
+            cfg.window.clone(),
+            0,
+        )
+        .await
+        .unwrap();
+        let row = jinryu::window::AggRow {
+            sensor: 0,
+            direction: 0,
+            window_start: 1_790_000_000_000,
+            count: 1_000_000,
+            events: 1,
+            heartbeats: 0,
+            faults: 0,
+            fault_code: None,
+            up: true,
+            late: false,
+        };
+        w.write_epoch(&mut vec![row], &mut Vec::new()).await.unwrap();
+    }
+    // Compaction replaces the many files; they stay on disk until vacuumed.
+    for d in lifecycle::files_per_date(&storage, Table::Aggregates)
+        .await
+        .unwrap()
+        .keys()
+    {
+        lifecycle::compact_date(&storage, Table::Aggregates, d)
+            .await
+            .unwrap();
+    }
+    let on_disk = data_files(&root, "aggregates");
+    let needed = active(&root, "aggregates");
+    assert!(on_disk.len() > needed.len() + 1, "{} on disk, {} active", on_disk.len(), needed.len());
+    assert_eq!(people(&cfg, &storage).await as u64, truth.people, "uncommitted rows are invisible");
+
+    // Younger than the retention: nothing goes.
+    let now = chrono::Utc::now().timestamp_millis();
+    let v = lifecycle::vacuum(&storage, 3_600_000, false, now).await.unwrap();
+    assert!(v.files.values().all(|f| f.is_empty()), "{v:?}");
+    assert!(
+        lifecycle::vacuum(&storage, 60_000, false, now).await.is_err(),
+        "retention under 1h"
+    );
+
+    // Two hours later: everything that no commit needs goes, nothing else.
+    let later = now + 7_200_000;
+    let dry = lifecycle::vacuum(&storage, 3_600_000, true, later).await.unwrap();
+    assert_eq!(data_files(&root, "aggregates"), on_disk, "a dry run deleted files");
+    let v = lifecycle::vacuum(&storage, 3_600_000, false, later).await.unwrap();
+    assert_eq!(v.files["aggregates"].len(), dry.files["aggregates"].len());
+    assert_eq!(v.files["aggregates"].len(), on_disk.len() - needed.len());
+    let left = data_files(&root, "aggregates");
+    assert_eq!(left, needed, "exactly the active files remain");
+    verify(&cfg, &storage, &truth, &AsOf::Latest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_quarantine_dates_expire_and_aggregates_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, storage, truth) = ingested(tmp.path()).await;
+    let count = |sql: &'static str| {
+        let (cfg, storage) = (cfg.clone(), storage.clone());
+        async move {
+            let ctx = jobs::context(&cfg, &storage).await.unwrap();
+            let b = jobs::query(&ctx, sql).await.unwrap();
+            let c = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
+            c.as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .value(0)
+        }
+    };
+    let q = "SELECT COUNT(*) FROM quarantine";
+    assert_eq!(count(q).await as u64, truth.malformed);
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(lifecycle::expire_quarantine(&cfg, &storage, now).await.unwrap().is_empty());
+    assert_eq!(count(q).await as u64, truth.malformed);
+    let later = now + cfg.retention.quarantine_ms + 2 * 86_400_000;
+    let gone = lifecycle::expire_quarantine(&cfg, &storage, later).await.unwrap();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(count(q).await, 0);
+    assert_eq!(people(&cfg, &storage).await as u64, truth.people);
+}
