@@ -663,10 +663,19 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
     let kafka = raw.kafka.map(|k| validate_kafka(k, problems));
     let service = validate_service(raw.service.unwrap_or_default(), problems);
     let r = raw.retention.unwrap_or_default();
-    let quarantine_ms = duration_ms(problems, "retention.quarantine", r.quarantine.as_deref(), "400d");
+    let quarantine_ms = duration_ms(
+        problems,
+        "retention.quarantine",
+        r.quarantine.as_deref(),
+        "400d",
+    );
     let files_ms = duration_ms(problems, "retention.files", r.files.as_deref(), "7d");
-    let compact_after_ms =
-        duration_ms(problems, "retention.compact_after", r.compact_after.as_deref(), "1h");
+    let compact_after_ms = duration_ms(
+        problems,
+        "retention.compact_after",
+        r.compact_after.as_deref(),
+        "1h",
+    );
     if files_ms.is_some_and(|f| f < crate::sink::lifecycle::MIN_FILE_RETENTION_MS) {
         problem(
             problems,

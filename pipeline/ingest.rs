@@ -106,10 +106,7 @@ impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use sha2::Digest;
         let n = self.inner.read(buf)?;
-        self.hasher
-            .lock()
-            .expect("hasher lock")
-            .update(&buf[..n]);
+        self.hasher.lock().expect("hasher lock").update(&buf[..n]);
         Ok(n)
     }
 }

@@ -393,7 +393,9 @@ fn table_arg(name: &str) -> anyhow::Result<jinryu::sink::delta::Table> {
     Table::ALL
         .into_iter()
         .find(|t| t.name() == name)
-        .ok_or_else(|| anyhow::anyhow!("--table {name}: there are two tables, aggregates and quarantine"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("--table {name}: there are two tables, aggregates and quarantine")
+        })
 }
 
 async fn table_command(action: TableAction) -> anyhow::Result<()> {
@@ -410,7 +412,11 @@ async fn table_command(action: TableAction) -> anyhow::Result<()> {
             let table = table_arg(&table)?;
             let entries = lifecycle::history(&storage, table, limit).await?;
             if entries.is_empty() {
-                println!("{}: no commits yet ({})", table.name(), storage.describe(table.name()));
+                println!(
+                    "{}: no commits yet ({})",
+                    table.name(),
+                    storage.describe(table.name())
+                );
             }
             for h in entries {
                 let i = &h.info;
@@ -446,7 +452,11 @@ async fn table_command(action: TableAction) -> anyhow::Result<()> {
                         "" => String::new(),
                         p => format!("progress={p} "),
                     },
-                    if files.is_empty() { String::new() } else { format!("({files})") }
+                    if files.is_empty() {
+                        String::new()
+                    } else {
+                        format!("({files})")
+                    }
                 );
             }
             Ok(())

@@ -113,7 +113,11 @@ fn tree(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
             if m.is_dir() {
                 stack.push(e.path());
             } else {
-                v.push((e.path().display().to_string(), m.len(), m.modified().unwrap()));
+                v.push((
+                    e.path().display().to_string(),
+                    m.len(),
+                    m.modified().unwrap(),
+                ));
             }
         }
     }
@@ -166,7 +170,11 @@ fn stdin_rerun_after_a_failed_run_is_exact() {
     let people = "SELECT COALESCE(SUM(\"count\"), 0) AS people FROM aggregates";
 
     assert!(ingest_stdin(&cfg, &input, Some(input.len() / 2)).is_none());
-    assert_eq!(sql(&cfg, people), "people\n0\n", "a killed run left rows behind");
+    assert_eq!(
+        sql(&cfg, people),
+        "people\n0\n",
+        "a killed run left rows behind"
+    );
 
     let r1 = ingest_stdin(&cfg, &input, None).unwrap();
     assert_eq!(r1["people"], 216);
@@ -201,7 +209,10 @@ fn sql_refuses_every_write_and_changes_nothing() {
     let before = tree(dir.path());
     let target = dir.path().join("data/aggregates/stolen");
     for q in [
-        format!("COPY (SELECT * FROM aggregates) TO '{}' STORED AS PARQUET", target.display()),
+        format!(
+            "COPY (SELECT * FROM aggregates) TO '{}' STORED AS PARQUET",
+            target.display()
+        ),
         "COPY aggregates TO '/tmp/jinryu-copy-test.csv'".to_string(),
         "INSERT INTO aggregates SELECT * FROM aggregates".to_string(),
         format!(
@@ -220,9 +231,16 @@ fn sql_refuses_every_write_and_changes_nothing() {
             .unwrap();
         assert!(!out.status.success(), "accepted: {q}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not supported") || err.contains("refused"), "{q}: {err}");
+        assert!(
+            err.contains("not supported") || err.contains("refused"),
+            "{q}: {err}"
+        );
     }
-    assert_eq!(tree(dir.path()), before, "a refused statement changed the storage");
+    assert_eq!(
+        tree(dir.path()),
+        before,
+        "a refused statement changed the storage"
+    );
     assert!(!std::path::Path::new("/tmp/jinryu-copy-test.csv").exists());
     assert_eq!(
         sql(&cfg, "SELECT SUM(\"count\") AS people FROM aggregates"),

@@ -32,9 +32,12 @@ async fn ingested(dir: &Path) -> (Config, Storage, jinryu::simulate::Truth) {
 
 async fn people(cfg: &Config, storage: &Storage) -> i64 {
     let ctx = jobs::context(cfg, storage).await.unwrap();
-    let b = jobs::query(&ctx, "SELECT CAST(SUM(\"count\") AS BIGINT) FROM aggregates")
-        .await
-        .unwrap();
+    let b = jobs::query(
+        &ctx,
+        "SELECT CAST(SUM(\"count\") AS BIGINT) FROM aggregates",
+    )
+    .await
+    .unwrap();
     b[0].column(0)
         .as_any()
         .downcast_ref::<arrow::array::Int64Array>()
@@ -84,7 +87,11 @@ async fn compaction_while_reading_never_changes_a_count_and_time_travel_rebuilds
     });
     let mut reads = 0;
     while !compactor.is_finished() || reads < 3 {
-        assert_eq!(people(&cfg, &storage).await as u64, truth.people, "read {reads}");
+        assert_eq!(
+            people(&cfg, &storage).await as u64,
+            truth.people,
+            "read {reads}"
+        );
         reads += 1;
     }
     compactor.await.unwrap();
@@ -164,7 +171,11 @@ fn active(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
         .arg(root.join(table))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -180,14 +191,10 @@ async fn vacuum_removes_only_what_no_snapshot_needs() {
     // A run that died before its commit: files that no commit names.
     {
         let reg = std::sync::Arc::new(cfg.registry.clone());
-        let mut w = jinryu::sink::writer::SourceWriter::start(
-            storage.clone(),
-            reg,
-            cfg.window.clone(),
-            0,
-        )
-        .await
-        .unwrap();
+        let mut w =
+            jinryu::sink::writer::SourceWriter::start(storage.clone(), reg, cfg.window.clone(), 0)
+                .await
+                .unwrap();
         let row = jinryu::window::AggRow {
             sensor: 0,
             direction: 0,
@@ -200,7 +207,9 @@ async fn vacuum_removes_only_what_no_snapshot_needs() {
             up: true,
             late: false,
         };
-        w.write_epoch(&mut vec![row], &mut Vec::new()).await.unwrap();
+        w.write_epoch(&mut vec![row], &mut Vec::new())
+            .await
+            .unwrap();
     }
     // Compaction replaces the many files; they stay on disk until vacuumed.
     for d in lifecycle::files_per_date(&storage, Table::Aggregates)
@@ -214,23 +223,44 @@ async fn vacuum_removes_only_what_no_snapshot_needs() {
     }
     let on_disk = data_files(&root, "aggregates");
     let needed = active(&root, "aggregates");
-    assert!(on_disk.len() > needed.len() + 1, "{} on disk, {} active", on_disk.len(), needed.len());
-    assert_eq!(people(&cfg, &storage).await as u64, truth.people, "uncommitted rows are invisible");
+    assert!(
+        on_disk.len() > needed.len() + 1,
+        "{} on disk, {} active",
+        on_disk.len(),
+        needed.len()
+    );
+    assert_eq!(
+        people(&cfg, &storage).await as u64,
+        truth.people,
+        "uncommitted rows are invisible"
+    );
 
     // Younger than the retention: nothing goes.
     let now = chrono::Utc::now().timestamp_millis();
-    let v = lifecycle::vacuum(&storage, 3_600_000, false, now).await.unwrap();
+    let v = lifecycle::vacuum(&storage, 3_600_000, false, now)
+        .await
+        .unwrap();
     assert!(v.files.values().all(|f| f.is_empty()), "{v:?}");
     assert!(
-        lifecycle::vacuum(&storage, 60_000, false, now).await.is_err(),
+        lifecycle::vacuum(&storage, 60_000, false, now)
+            .await
+            .is_err(),
         "retention under 1h"
     );
 
     // Two hours later: everything that no commit needs goes, nothing else.
     let later = now + 7_200_000;
-    let dry = lifecycle::vacuum(&storage, 3_600_000, true, later).await.unwrap();
-    assert_eq!(data_files(&root, "aggregates"), on_disk, "a dry run deleted files");
-    let v = lifecycle::vacuum(&storage, 3_600_000, false, later).await.unwrap();
+    let dry = lifecycle::vacuum(&storage, 3_600_000, true, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        data_files(&root, "aggregates"),
+        on_disk,
+        "a dry run deleted files"
+    );
+    let v = lifecycle::vacuum(&storage, 3_600_000, false, later)
+        .await
+        .unwrap();
     assert_eq!(v.files["aggregates"].len(), dry.files["aggregates"].len());
     assert_eq!(v.files["aggregates"].len(), on_disk.len() - needed.len());
     let left = data_files(&root, "aggregates");
@@ -247,7 +277,8 @@ async fn old_quarantine_dates_expire_and_aggregates_stay() {
         async move {
             let ctx = jobs::context(&cfg, &storage).await.unwrap();
             let b = jobs::query(&ctx, sql).await.unwrap();
-            let c = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
+            let c =
+                arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
             c.as_any()
                 .downcast_ref::<arrow::array::Int64Array>()
                 .unwrap()
@@ -257,10 +288,17 @@ async fn old_quarantine_dates_expire_and_aggregates_stay() {
     let q = "SELECT COUNT(*) FROM quarantine";
     assert_eq!(count(q).await as u64, truth.malformed);
     let now = chrono::Utc::now().timestamp_millis();
-    assert!(lifecycle::expire_quarantine(&cfg, &storage, now).await.unwrap().is_empty());
+    assert!(
+        lifecycle::expire_quarantine(&cfg, &storage, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(count(q).await as u64, truth.malformed);
     let later = now + cfg.retention.quarantine_ms + 2 * 86_400_000;
-    let gone = lifecycle::expire_quarantine(&cfg, &storage, later).await.unwrap();
+    let gone = lifecycle::expire_quarantine(&cfg, &storage, later)
+        .await
+        .unwrap();
     assert_eq!(gone.len(), 1, "{gone:?}");
     assert_eq!(count(q).await, 0);
     assert_eq!(people(&cfg, &storage).await as u64, truth.people);

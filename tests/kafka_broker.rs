@@ -456,7 +456,11 @@ async fn a_paused_owner_is_fenced_when_it_wakes_up() {
     let mut zombie = case.run("zombie");
     let t0 = Instant::now();
     while case.committed().await == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(90), "{}", case.log("zombie"));
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{}",
+            case.log("zombie")
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Paused mid-stream, with records consumed and not yet committed.
@@ -465,8 +469,7 @@ async fn a_paused_owner_is_fenced_when_it_wakes_up() {
     let at_pause = case.committed().await;
     let mut owner = case.run("owner");
     let t0 = Instant::now();
-    while !(case.log("owner").contains("partition assigned") && case.committed().await > at_pause)
-    {
+    while !(case.log("owner").contains("partition assigned") && case.committed().await > at_pause) {
         assert!(
             t0.elapsed() < Duration::from_secs(90),
             "the new owner never committed:\n{}",
@@ -481,7 +484,10 @@ async fn a_paused_owner_is_fenced_when_it_wakes_up() {
     case.check_published(&out);
     case.verify().await;
     let log = case.log("zombie");
-    for l in log.lines().filter(|l| l.contains("FENCED") || l.contains("without committing")) {
+    for l in log
+        .lines()
+        .filter(|l| l.contains("FENCED") || l.contains("without committing"))
+    {
         eprintln!("zombie: {l}");
     }
     assert!(

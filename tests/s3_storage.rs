@@ -182,7 +182,11 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     let entry = object_store::path::Path::from("aggregates/_delta_log/00000000000000000000.json");
     let refused = storage
         .store()
-        .put_opts(&entry, b"{}".to_vec().into(), PutOptions::from(PutMode::Create))
+        .put_opts(
+            &entry,
+            b"{}".to_vec().into(),
+            PutOptions::from(PutMode::Create),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -217,9 +221,12 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
         assert_eq!(r.await.unwrap().people, day_truth.people);
     }
     let ctx = jinryu::jobs::context(&race_cfg, &race).await.unwrap();
-    let b = jinryu::jobs::query(&ctx, "SELECT CAST(SUM(\"count\") AS BIGINT) FROM aggregates")
-        .await
-        .unwrap();
+    let b = jinryu::jobs::query(
+        &ctx,
+        "SELECT CAST(SUM(\"count\") AS BIGINT) FROM aggregates",
+    )
+    .await
+    .unwrap();
     let total = b[0]
         .column(0)
         .as_any()

@@ -429,7 +429,9 @@ fn quality_summary(
          byte for byte with `jinryu monthly --as-of {}`).\n\n",
         show_version(versions.aggregates),
         show_version(versions.quarantine),
-        versions.aggregates.map_or("0".to_string(), |v| v.to_string()),
+        versions
+            .aggregates
+            .map_or("0".to_string(), |v| v.to_string()),
     ));
     s.push_str(&format!(
         "Cells (sensor x direction x window): {} — ok {}, estimated {}, missing {}, closed {}. People measured: {}.\n\n",

@@ -52,8 +52,8 @@ use crate::config::{Config, SensorRegistry};
 use crate::event::{Decoder, Event, Rejection};
 use crate::quarantine::QuarantineRecord;
 use crate::sink::checkpoint::{PartitionLog, PartitionTotals};
-use crate::sink::writer::SinkError;
 use crate::sink::store::Storage;
+use crate::sink::writer::SinkError;
 use crate::source::kafka;
 use crate::window::time::partition_value;
 use crate::window::{Admit, AggRow, WindowStage};
@@ -965,7 +965,9 @@ pub async fn maintain(cfg: Config, storage: Storage, first_after: Duration) {
                     tracing::info!(dates = dates.len(), "expired old quarantine dates")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "quarantine expiry failed; trying again tomorrow"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "quarantine expiry failed; trying again tomorrow")
+                }
             }
             last_expiry = Some(Instant::now());
         }

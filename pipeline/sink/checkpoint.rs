@@ -206,11 +206,14 @@ impl PartitionLog {
                 (Table::Quarantine, &mut t.quarantine),
                 (Table::Aggregates, &mut t.aggregates),
             ] {
-                table.update_state().await.map_err(|e| delta::DeltaError::Table {
-                    table: which.name(),
-                    storage: s.url.clone(),
-                    source: e,
-                })?;
+                table
+                    .update_state()
+                    .await
+                    .map_err(|e| delta::DeltaError::Table {
+                        table: which.name(),
+                        storage: s.url.clone(),
+                        source: Box::new(e),
+                    })?;
             }
             if quar.is_some()
                 && delta::progress(s, &t.quarantine, Table::Quarantine, &cp.source).await? == quar
@@ -272,7 +275,11 @@ impl PartitionLog {
         )
         .await?;
         self.inflight = Some((
-            if quar_adds.is_empty() { None } else { Some(next) },
+            if quar_adds.is_empty() {
+                None
+            } else {
+                Some(next)
+            },
             next,
             cp.clone(),
         ));
@@ -406,13 +413,16 @@ mod tests {
 
         /// (people in aggregates, rows in quarantine) as SQL sees them.
         async fn totals(&self) -> (i64, i64) {
-            let ctx = crate::jobs::context(&self.cfg, &self.storage).await.unwrap();
+            let ctx = crate::jobs::context(&self.cfg, &self.storage)
+                .await
+                .unwrap();
             let one = |sql: &'static str| {
                 let ctx = ctx.clone();
                 async move {
                     let b = crate::jobs::query(&ctx, sql).await.unwrap();
-                    let c = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64)
-                        .unwrap();
+                    let c =
+                        arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64)
+                            .unwrap();
                     c.as_any()
                         .downcast_ref::<arrow::array::Int64Array>()
                         .unwrap()
@@ -434,7 +444,12 @@ mod tests {
             .unwrap();
         assert_eq!(log.committed().next_offset, -1);
         let w = f
-            .commit(&mut log, (0, 10), &[row(WS, 5)], &[rejected(3), rejected(7)])
+            .commit(
+                &mut log,
+                (0, 10),
+                &[row(WS, 5)],
+                &[rejected(3), rejected(7)],
+            )
             .await
             .unwrap();
         assert_eq!((w.agg_rows, w.quarantined), (1, 2));
@@ -465,12 +480,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(owner.committed().next_offset, 10);
-        f.commit(&mut owner, (10, 20), &[row(WS + 900_000, 7)], &[rejected(12)])
-            .await
-            .unwrap();
+        f.commit(
+            &mut owner,
+            (10, 20),
+            &[row(WS + 900_000, 7)],
+            &[rejected(12)],
+        )
+        .await
+        .unwrap();
         // The zombie wakes up with records 10..15 it consumed before it was paused.
         let e = f
-            .commit(&mut zombie, (10, 15), &[row(WS + 900_000, 3)], &[rejected(12)])
+            .commit(
+                &mut zombie,
+                (10, 15),
+                &[row(WS + 900_000, 3)],
+                &[rejected(12)],
+            )
             .await
             .unwrap_err();
         assert!(e.is_fenced() && e.is_permanent(), "{e}");
@@ -523,9 +548,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(log.committed().next_offset, -1);
-        f.commit(&mut log, (0, 10), &[row(WS, 5)], &[rejected(3), rejected(7)])
-            .await
-            .unwrap();
+        f.commit(
+            &mut log,
+            (0, 10),
+            &[row(WS, 5)],
+            &[rejected(3), rejected(7)],
+        )
+        .await
+        .unwrap();
         f.commit(&mut log, (10, 20), &[], &[rejected(11)])
             .await
             .unwrap();
@@ -559,7 +589,10 @@ mod tests {
         };
         assert!(e.is_permanent() && !e.is_fenced(), "{e}");
         let text = e.to_string();
-        assert!(text.contains("empty (0 bytes)") && text.contains("Nothing was deleted"), "{text}");
+        assert!(
+            text.contains("empty (0 bytes)") && text.contains("Nothing was deleted"),
+            "{text}"
+        );
         assert_eq!(f.totals().await, (5, 0));
     }
 }

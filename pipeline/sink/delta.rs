@@ -115,7 +115,7 @@ pub enum DeltaError {
     Table {
         table: &'static str,
         storage: String,
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error(
         "fenced: the {table} table's progress for {app} is {found} but this writer started from \
@@ -137,7 +137,7 @@ impl DeltaError {
         match self {
             DeltaError::Fenced { .. } => true,
             DeltaError::Table { source, .. } => matches!(
-                source,
+                source.as_ref(),
                 DeltaTableError::InvalidJsonLog { .. }
                     | DeltaTableError::InvalidStatsJson { .. }
                     | DeltaTableError::SchemaMismatch { .. }
@@ -189,7 +189,7 @@ fn err(storage: &Storage, table: Table) -> impl Fn(DeltaTableError) -> DeltaErro
     move |source| DeltaError::Table {
         table: table.name(),
         storage: storage.url.clone(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -271,7 +271,10 @@ pub async fn open_or_create(storage: &Storage, table: Table) -> Result<DeltaTabl
         ))
         .with_columns(columns)
         .with_partition_columns(["date"])
-        .with_configuration([("delta.dataSkippingStatsColumns", Some(table.stats_columns()))])
+        .with_configuration([(
+            "delta.dataSkippingStatsColumns",
+            Some(table.stats_columns()),
+        )])
         .with_save_mode(SaveMode::Ignore)
         .await;
     match created {
@@ -435,7 +438,10 @@ pub async fn commit(
                 "ingest"
             });
             m.insert("jinryu.app".to_string(), serde_json::json!(c.app));
-            m.insert("jinryu.progress".to_string(), serde_json::json!(c.next.version));
+            m.insert(
+                "jinryu.progress".to_string(),
+                serde_json::json!(c.next.version),
+            );
             m
         });
     let operation = match c.epoch {
@@ -460,7 +466,7 @@ pub async fn commit(
             let found = progress(storage, table, which, c.app)
                 .await
                 .map_err(|e| match e {
-                    DeltaError::Table { source, .. } => source,
+                    DeltaError::Table { source, .. } => *source,
                     other => DeltaTableError::Generic(other.to_string()),
                 })?;
             if found == Some(c.next) {

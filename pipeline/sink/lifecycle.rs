@@ -29,7 +29,7 @@ fn err(storage: &Storage, table: Table) -> impl Fn(DeltaTableError) -> DeltaErro
     move |source| DeltaError::Table {
         table: table.name(),
         storage: storage.url.clone(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -100,9 +100,7 @@ pub async fn compact_date(
     let (_, metrics) = t
         .optimize()
         .with_filters(&filters)
-        .with_commit_properties(
-            CommitProperties::default().with_metadata(who("compact").into_iter()),
-        )
+        .with_commit_properties(CommitProperties::default().with_metadata(who("compact")))
         .await
         .map_err(&e)?;
     Ok(Compacted {
@@ -123,7 +121,10 @@ pub fn who(action: &str) -> BTreeMap<String, serde_json::Value> {
     BTreeMap::from([
         ("jinryu.action".to_string(), serde_json::json!(action)),
         ("jinryu.host".to_string(), serde_json::json!(host)),
-        ("jinryu.pid".to_string(), serde_json::json!(std::process::id())),
+        (
+            "jinryu.pid".to_string(),
+            serde_json::json!(std::process::id()),
+        ),
         (
             "jinryu.version".to_string(),
             serde_json::json!(env!("CARGO_PKG_VERSION")),
@@ -183,9 +184,7 @@ pub async fn vacuum(
             .with_enforce_retention_duration(false)
             .with_dry_run(dry_run)
             .with_clock(std::sync::Arc::new(At(now_ms)))
-            .with_commit_properties(
-                CommitProperties::default().with_metadata(who("vacuum").into_iter()),
-            )
+            .with_commit_properties(CommitProperties::default().with_metadata(who("vacuum")))
             .await
             .map_err(err(storage, table))?;
         out.files.insert(table.name(), m.files_deleted);
@@ -242,19 +241,18 @@ pub async fn expire_quarantine(
         return Ok(Vec::new());
     }
     let snapshot = t.snapshot().map_err(&e)?;
-    let done = CommitBuilder::from(
-        CommitProperties::default().with_metadata(who("expire quarantine").into_iter()),
-    )
-    .with_actions(actions)
-    .build(
-        Some(snapshot),
-        t.log_store(),
-        DeltaOperation::Delete {
-            predicate: Some(format!("date < '{cutoff}'")),
-        },
-    )
-    .await
-    .map_err(&e)?;
+    let done =
+        CommitBuilder::from(CommitProperties::default().with_metadata(who("expire quarantine")))
+            .with_actions(actions)
+            .build(
+                Some(snapshot),
+                t.log_store(),
+                DeltaOperation::Delete {
+                    predicate: Some(format!("date < '{cutoff}'")),
+                },
+            )
+            .await
+            .map_err(&e)?;
     t.state = Some(done.snapshot());
     Ok(dates.into_iter().collect())
 }

@@ -136,15 +136,22 @@ impl std::fmt::Display for Durable {
 }
 
 /// fsyncs the object at `location` under `root` and its directory.
-fn sync_object(root: &std::path::Path, location: &object_store::path::Path) -> object_store::Result<()> {
+fn sync_object(
+    root: &std::path::Path,
+    location: &object_store::path::Path,
+) -> object_store::Result<()> {
     let file = root.join(location.as_ref());
     let io = |e: std::io::Error| object_store::Error::Generic {
         store: "LocalFileSystem",
         source: format!("fsync of {}: {e}", file.display()).into(),
     };
-    std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::File::open(&file)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
     if let Some(dir) = file.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
     }
     Ok(())
 }
@@ -253,8 +260,7 @@ impl ObjectStore for Durable {
             'static,
             object_store::Result<object_store::path::Path>,
         >,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
-    {
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
         self.inner.delete_stream(locations)
     }
 
@@ -363,8 +369,7 @@ impl ObjectStore for ReadOnly {
             'static,
             object_store::Result<object_store::path::Path>,
         >,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
-    {
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
         use futures::StreamExt;
         locations
             .map(|p| p.and_then(|p| Err(refused(&p, "deleting"))))
