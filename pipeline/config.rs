@@ -18,6 +18,9 @@ use crate::window::time::{ClosedHours, WindowSpec};
 /// `docker/jinryu.toml`.
 pub const CHIKAHO_TOML: &str = include_str!("../docker/jinryu.toml");
 
+/// The shortest `[retention] files` accepted: files of a commit in progress must outlive it.
+pub const MIN_FILE_RETENTION_MS: i64 = 3_600_000;
+
 /// Most directions a sensor may have (the window state keeps them in a fixed array).
 pub const MAX_DIRECTIONS: usize = 8;
 
@@ -676,7 +679,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         r.compact_after.as_deref(),
         "1h",
     );
-    if files_ms.is_some_and(|f| f < crate::sink::lifecycle::MIN_FILE_RETENTION_MS) {
+    if files_ms.is_some_and(|f| f < MIN_FILE_RETENTION_MS) {
         problem(
             problems,
             "retention.files",

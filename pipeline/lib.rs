@@ -1,5 +1,5 @@
-//! jinryu (人流, "people flow"): pedestrian-counter events → exact 15-minute aggregates in Parquet
-//! → the monthly CSV deliverable.
+//! jinryu (人流, "people flow"): pedestrian-counter events → exact 15-minute aggregates in Delta
+//! Lake tables → the monthly CSV deliverable.
 //!
 //! The modules follow an event's path:
 //!
@@ -9,8 +9,8 @@
 //! event/    decode + validate against schemas/sensor-event.schema.json → Event | Rejection
 //! quarantine.rs   rejected messages with reason, position and payload head
 //! window/   dedup of retries, event-time tumbling windows, watermark, late rows, liveness
-//! sink/     rows → Arrow → Parquet objects on object storage, named by what was consumed;
-//!           per-partition checkpoints (offset + window state) of the service
+//! sink/     rows → Arrow → Delta Lake tables on object storage: data files and each writer's
+//!           progress (txn) in one commit, fenced; window state objects; compaction, vacuum
 //! jobs/     DataFusion SQL over the stored tables (sql/*.sql): flow_15min, the monthly deliverable,
 //!           the data-quality checks (sql/checks/*.sql)
 //! alerts/   checks' incidents → alerts with stable ids and state → stdout, log file, webhook

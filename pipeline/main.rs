@@ -17,13 +17,13 @@ use jinryu::sink::store::Storage;
 use jinryu::window::time::parse_month;
 
 const ABOUT: &str = "jinryu (人流) turns pedestrian-counter events into trusted 15-minute counts \
-(Parquet), the monthly CSV deliverable, and data-quality checks.";
+(Delta Lake tables), the monthly CSV deliverable, and data-quality checks.";
 
 const AFTER_HELP: &str = "\
 Start here:
   jinryu demo                      simulate a month of the Sapporo Chi-Ka-Ho walkway end to end
   jinryu ingest --config jinryu.toml --input events.jsonl
-  jinryu run --config jinryu.toml  the Kafka service (consumer group → Parquet), /metrics
+  jinryu run --config jinryu.toml  the Kafka service (consumer group → Delta tables), /metrics
   jinryu simulate --config jinryu.toml --kafka --rate 1000   load a topic like the gateways do
   jinryu monthly --config jinryu.toml --month 2026-11 [--format formats/sapporo-wide.toml]
   jinryu calendar --month 2026-11  business days and deadlines
@@ -51,13 +51,13 @@ enum Command {
     /// weekday and weekend shapes, the 00:46-05:44 night closure and per-minute heartbeats. Faults
     /// are injected (a sensor silent for five hours, a sensor reporting a fault, gateway retries, a
     /// late burst, malformed messages). The stream goes through the same pipeline as
-    /// `jinryu ingest`, lands as Parquet under OUT/data, is checked window by window against the
+    /// `jinryu ingest`, lands in the Delta tables under OUT/data, is checked window by window against the
     /// simulator's truth, and becomes OUT/YYYY_MM.csv with its checksum.
     Demo {
         /// Month to simulate, YYYY-MM [default: the last complete month]
         #[arg(long, value_parser = month_arg)]
         month: Option<(i32, u32)>,
-        /// Directory for the Parquet tables (OUT/data) and the CSV
+        /// Directory for the tables (OUT/data) and the CSV
         #[arg(long, default_value = "jinryu-demo")]
         out: PathBuf,
         /// Random seed of the simulation (same seed, same month → same data)
@@ -72,7 +72,9 @@ enum Command {
     /// One sensor event per line (schemas/sensor-event.schema.json); blank lines are skipped.
     /// Every other line is either counted in a 15-minute window or quarantined with its reason
     /// and line number; the totals are printed at the end. At end of input every open window is
-    /// written. Re-running the same input (same --source-id) replaces its earlier output instead
+    /// written, all in one commit at the end: a failed or killed run shows nothing and prints the
+    /// command that re-runs it. Re-running the same input (same --source-id) replaces its earlier
+    /// output instead
     /// of adding to it.
     Ingest {
         #[command(flatten)]
@@ -96,9 +98,12 @@ enum Command {
     /// aggregates continuously.
     ///
     /// Each assigned partition is decoded, windowed and written like `ingest`, and committed in
-    /// epochs: the Parquet objects first, then a checkpoint (_checkpoints/kafka-TOPIC-P.json) with
-    /// the next offset and the open windows, then the Kafka offset. After a crash, restart or
-    /// rebalance every record is counted exactly once. Windows close by event time (heartbeats) and,
+    /// epochs: its data files, its window state (_state/jinryu-TOPIC-P/...), then one Delta
+    /// commit per table carrying the partition's next offset, then the Kafka offset. After a
+    /// crash, restart or rebalance every record is counted exactly once; a process that lost its
+    /// partition (paused past its session timeout, or a second group on the same storage) is
+    /// fenced: its commit is refused, /healthz turns 503 and it says so. Closed dates are
+    /// compacted every hour. Windows close by event time (heartbeats) and,
     /// on a quiet partition, by wall clock after service.idle_timeout. Bad records go to quarantine
     /// with topic, partition and offset. GET /healthz and /metrics (Prometheus) are served on
     /// service.listen. SIGTERM or Ctrl-C: commit every partition, leave the group, exit 0.

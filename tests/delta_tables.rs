@@ -32,17 +32,7 @@ async fn ingested(dir: &Path) -> (Config, Storage, jinryu::simulate::Truth) {
 
 async fn people(cfg: &Config, storage: &Storage) -> i64 {
     let ctx = jobs::context(cfg, storage).await.unwrap();
-    let b = jobs::query(
-        &ctx,
-        "SELECT CAST(SUM(\"count\") AS BIGINT) FROM aggregates",
-    )
-    .await
-    .unwrap();
-    b[0].column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0)
+    support::scalar_i64(&ctx, "SELECT SUM(\"count\") FROM aggregates").await
 }
 
 async fn verify(cfg: &Config, storage: &Storage, truth: &jinryu::simulate::Truth, as_of: &AsOf) {
@@ -276,13 +266,7 @@ async fn old_quarantine_dates_expire_and_aggregates_stay() {
         let (cfg, storage) = (cfg.clone(), storage.clone());
         async move {
             let ctx = jobs::context(&cfg, &storage).await.unwrap();
-            let b = jobs::query(&ctx, sql).await.unwrap();
-            let c =
-                arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
-            c.as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .unwrap()
-                .value(0)
+            support::scalar_i64(&ctx, sql).await
         }
     };
     let q = "SELECT COUNT(*) FROM quarantine";

@@ -276,3 +276,120 @@ async fn quiet_partition_closes_its_windows_by_wall_clock() {
     );
     stop(run).await;
 }
+
+/// Compaction of closed dates runs while the service writes: no read ever sees a count twice, and
+/// the end result is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_while_the_service_writes_changes_no_count() {
+    use jinryu::sink::{delta::Table, lifecycle};
+    let (stream, truth) = simulated(3, true);
+    let n = records(&stream);
+    let mock = cluster("compact");
+    let storage = Storage::open("memory://").unwrap();
+    let cfg = Config::parse(
+        &config_text("memory://", &mock.bootstrap_servers(), "compact", "g4"),
+        "test.toml",
+    )
+    .unwrap();
+    let settings = cfg.kafka.clone().unwrap();
+    let run = start(&cfg, &storage);
+    let published = publish_stream(&settings, stream);
+    let mut compacted = 0;
+    let t0 = Instant::now();
+    loop {
+        let done = committed_records(&storage).await;
+        for table in Table::ALL {
+            let dates = lifecycle::files_per_date(&storage, table).await.unwrap();
+            for (d, files) in dates {
+                if files > 1 {
+                    match lifecycle::compact_date(&storage, table, &d).await {
+                        Ok(c) if c.files_removed > 1 => compacted += 1,
+                        Ok(_) => {}
+                        // A commit of the service in between: tried again next round.
+                        Err(e) => eprintln!("compaction of {d} retried: {e}"),
+                    }
+                }
+            }
+        }
+        let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
+        let people = scalar_i64(&ctx, "SELECT SUM(\"count\") FROM aggregates").await as u64;
+        assert!(people <= truth.people, "{people} > {} during compaction", truth.people);
+        if done == n {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(180), "{done} of {n}");
+    }
+    assert_eq!(published.await.unwrap(), n);
+    wait_complete(&storage, n, Duration::from_secs(60)).await;
+    stop(run).await;
+    assert!(compacted > 0, "no compaction overlapped the service");
+    let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
+    let v = jinryu::demo::verify(&ctx, &cfg, &truth).await.unwrap();
+    assert!(v.mismatches.is_empty(), "{:#?}", v.mismatches);
+}
+
+/// A state object emptied by a power cut: the partition stops with a message naming it,
+/// /healthz says 503, nothing is deleted and nothing more is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_object_stops_the_partition_and_turns_healthz_503() {
+    use jinryu::sink::delta::{self, Table};
+    let mock = cluster("damaged");
+    let storage = Storage::open("memory://").unwrap();
+    let cfg = Config::parse(
+        &config_text("memory://", &mock.bootstrap_servers(), "damaged", "g5"),
+        "test.toml",
+    )
+    .unwrap();
+    let ts = chrono::Utc::now() - chrono::Duration::hours(3);
+    let line = |i: i64| {
+        format!(
+            r#"{{"sensor_id":"J1-1","ts":"{}","direction":"north","count":1,"seq":{i}}}"#,
+            (ts + chrono::Duration::seconds(i)).to_rfc3339()
+        )
+        .into_bytes()
+    };
+    let first: Vec<Vec<u8>> = (0..5).map(line).collect();
+    let recs: Vec<_> = first.iter().map(|l| (Some(&b"J1-1"[..]), Some(&l[..]))).collect();
+    let run = start(&cfg, &storage);
+    produce(&mock.bootstrap_servers(), "damaged", &recs);
+    let t0 = Instant::now();
+    while committed_records(&storage).await < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "nothing committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(run).await;
+    let table = delta::load(&storage, Table::Aggregates).await.unwrap().unwrap();
+    let app = jinryu::sink::checkpoint::partition_source("damaged", 0);
+    let p = delta::progress(&storage, &table, Table::Aggregates, &app)
+        .await
+        .unwrap()
+        .unwrap();
+    let state = delta::state_path(&app, p);
+    use object_store::ObjectStoreExt;
+    storage.store().put(&state, Vec::new().into()).await.unwrap();
+    let files_before = table.snapshot().unwrap().log_data().num_files();
+
+    let run = start(&cfg, &storage);
+    let more: Vec<Vec<u8>> = (5..10).map(line).collect();
+    let recs: Vec<_> = more.iter().map(|l| (Some(&b"J1-1"[..]), Some(&l[..]))).collect();
+    produce(&mock.bootstrap_servers(), "damaged", &recs);
+    let t0 = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = run.metrics.health();
+        if status.as_u16() == 503 {
+            break (status, body);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "still healthy: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.as_u16(), 503);
+    assert!(body.contains("partition 0 stopped") && body.contains("empty (0 bytes)"), "{body}");
+    assert!(body.contains(state.as_ref()), "names the object: {body}");
+    assert_eq!(run.metrics.stopped_partitions.get(), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let table = delta::load(&storage, Table::Aggregates).await.unwrap().unwrap();
+    assert_eq!(table.snapshot().unwrap().log_data().num_files(), files_before);
+    let ctx = jinryu::jobs::context(&cfg, &storage).await.unwrap();
+    assert_eq!(scalar_i64(&ctx, "SELECT SUM(\"count\") FROM aggregates").await, 5);
+    stop(run).await;
+}

@@ -221,17 +221,6 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
         assert_eq!(r.await.unwrap().people, day_truth.people);
     }
     let ctx = jinryu::jobs::context(&race_cfg, &race).await.unwrap();
-    let b = jinryu::jobs::query(
-        &ctx,
-        "SELECT CAST(SUM(\"count\") AS BIGINT) FROM aggregates",
-    )
-    .await
-    .unwrap();
-    let total = b[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0);
+    let total = scalar_i64(&ctx, "SELECT SUM(\"count\") FROM aggregates").await;
     assert_eq!(total as u64, 4 * day_truth.people);
 }

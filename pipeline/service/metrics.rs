@@ -48,6 +48,7 @@ pub struct Metrics {
     pub duplicates: Counter,
     pub skipped_replayed: Counter,
     pub commits: Counter,
+    pub committed_records: Counter,
     pub storage_errors: Counter,
     pub kafka_errors: Counter,
     pub lag: Family<PartitionLabel, Gauge>,
@@ -88,6 +89,7 @@ impl Metrics {
             duplicates: Counter::default(),
             skipped_replayed: Counter::default(),
             commits: Counter::default(),
+            committed_records: Counter::default(),
             storage_errors: Counter::default(),
             kafka_errors: Counter::default(),
             lag: Family::default(),
@@ -138,6 +140,11 @@ impl Metrics {
             "commits",
             "Checkpoints committed (epochs)",
             m.commits.clone(),
+        );
+        registry.register(
+            "committed_records",
+            "Records whose epoch this process committed to the tables",
+            m.committed_records.clone(),
         );
         registry.register(
             "storage_errors",

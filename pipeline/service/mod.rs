@@ -2,15 +2,24 @@
 //! through the same decode → window → sink stages as file input, and commits per partition.
 //!
 //! ## Exactly once
-//! Each partition has its own [`WindowStage`] (so its own watermark) and its own checkpoint
-//! ([`crate::sink::checkpoint`]). An *epoch* is committed by storing its Parquet objects and then
-//! the checkpoint, which holds the next offset to consume **and the window state at that offset**
-//! (open windows, late accumulators, retry memory). The Kafka offset is committed after that.
-//! After a crash the partition's next owner reads the checkpoint, deletes the objects of an epoch
-//! that was being written, restores the window state and starts consuming at the checkpoint's
-//! offset (set in the assignment itself: the group's committed offset may trail it, or have been
-//! moved by an operator). Nothing is counted twice and nothing is lost; rows that were open at the crash are
-//! rebuilt exactly from the checkpointed state plus the records after it.
+//! Each partition has its own [`WindowStage`] (so its own watermark) and is its own writer of the
+//! Delta tables ([`crate::sink::checkpoint`]), application id `jinryu-<topic>-<partition>`. An
+//! *epoch* is committed by writing its data files and its state object (open windows, late
+//! accumulators, retry memory), then one Delta commit per table that adds the files together with
+//! the partition's progress (`txn` = next offset to consume). The Kafka offset is committed after
+//! that. After a crash the partition's next owner reads the table's progress, loads the state
+//! object it names and starts consuming at that offset (set in the assignment itself: the group's
+//! committed offset may trail it, or have been moved by an operator). Files of an epoch that
+//! never committed are invisible. Nothing is counted twice and nothing is lost; rows that were
+//! open at the crash are rebuilt exactly from the stored state plus the records after it.
+//!
+//! ## Fencing and errors
+//! A commit only lands if the partition's progress in the table is still the one this process
+//! started from; a process that lost its partition while paused is refused (fenced), as is a
+//! second service with another group on the same storage. A revocation librdkafka reports as
+//! *lost* is released without a commit. Storage errors are retried with backoff; permanent ones
+//! (fenced, a damaged state object, an encoding bug) stop that partition at once: it is logged,
+//! counted in `/metrics`, named by `/healthz` (503) and raised as a `partition_stopped` alert.
 //!
 //! ## Clocks
 //! Heartbeats and events move a partition's watermark. A partition that has been quiet for
@@ -32,7 +41,7 @@
 //! the batch in progress and before it goes to another member, so no write is ever in flight
 //! while the group rebalances. Records polled before their partition's revocation are never
 //! counted (batches carry the polling thread's revocation count): its next owner — this process
-//! again, maybe — reads them from the checkpoint. Storage calls run on
+//! again, maybe — reads them from the table's progress. Storage calls run on
 //! the tokio runtime (`block_on`), which also serves `/healthz` and `/metrics`.
 
 pub mod metrics;
@@ -457,6 +466,7 @@ impl Shared {
         p.first = None;
         p.dirty = false;
         self.metrics.uncommitted_add(-p.uncommitted);
+        self.metrics.committed_records.inc_by(p.uncommitted.max(0) as u64);
         p.uncommitted = 0;
         p.last_commit = Instant::now();
         self.metrics.committed();

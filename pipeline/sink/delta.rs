@@ -16,6 +16,7 @@
 //! replace on local disk, `If-None-Match: *` on S3 — safe with concurrent writers without a
 //! DynamoDB lock.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Once};
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -432,7 +433,7 @@ pub async fn commit(
             Transaction::new_with_last_update(token_app(c.app), c.next.token, Some(now)),
         ])
         .with_metadata({
-            let mut m = super::lifecycle::who(if c.epoch.is_some() {
+            let mut m = who(if c.epoch.is_some() {
                 "consume"
             } else {
                 "ingest"
@@ -558,4 +559,25 @@ pub async fn writers(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// Who made a commit, for `jinryu table history`.
+pub fn who(action: &str) -> BTreeMap<String, serde_json::Value> {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    BTreeMap::from([
+        ("jinryu.action".to_string(), serde_json::json!(action)),
+        ("jinryu.host".to_string(), serde_json::json!(host)),
+        (
+            "jinryu.pid".to_string(),
+            serde_json::json!(std::process::id()),
+        ),
+        (
+            "jinryu.version".to_string(),
+            serde_json::json!(env!("CARGO_PKG_VERSION")),
+        ),
+    ])
 }

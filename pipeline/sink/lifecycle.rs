@@ -17,13 +17,12 @@ use deltalake_core::{DeltaTableError, FilterOp, FilterValue};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use super::delta::{self, DeltaError, Table};
+use super::delta::{self, DeltaError, Table, who};
 use super::store::Storage;
 use crate::config::Config;
 use crate::window::time::partition_value;
 
-/// The shortest file retention accepted: files of a commit in progress must outlive it.
-pub const MIN_FILE_RETENTION_MS: i64 = 3_600_000;
+pub use crate::config::MIN_FILE_RETENTION_MS;
 
 fn err(storage: &Storage, table: Table) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
     move |source| DeltaError::Table {
@@ -109,27 +108,6 @@ pub async fn compact_date(
         files_removed: metrics.num_files_removed,
         files_added: metrics.num_files_added,
     })
-}
-
-/// Who made a commit, for `jinryu table history`.
-pub fn who(action: &str) -> BTreeMap<String, serde_json::Value> {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    BTreeMap::from([
-        ("jinryu.action".to_string(), serde_json::json!(action)),
-        ("jinryu.host".to_string(), serde_json::json!(host)),
-        (
-            "jinryu.pid".to_string(),
-            serde_json::json!(std::process::id()),
-        ),
-        (
-            "jinryu.version".to_string(),
-            serde_json::json!(env!("CARGO_PKG_VERSION")),
-        ),
-    ])
 }
 
 /// A fixed "now" for vacuum's retention arithmetic.

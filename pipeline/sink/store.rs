@@ -87,9 +87,10 @@ impl Storage {
         let dir = dir.canonicalize()?;
         let store = LocalFileSystem::new_with_prefix(&dir)?;
         Ok(Storage {
-            store: Arc::new(Durable {
+            store: Arc::new(Guarded {
                 inner: Arc::new(store),
-                root: dir.clone(),
+                local_root: Some(dir.clone()),
+                read_only: false,
             }),
             url: url.to_string(),
             local_dir: Some(dir),
@@ -104,7 +105,11 @@ impl Storage {
     /// (`jinryu sql`, `monthly`, `check`: readers must not be able to change the tables).
     pub fn read_only(&self) -> Storage {
         Storage {
-            store: Arc::new(ReadOnly(self.store.clone())),
+            store: Arc::new(Guarded {
+                inner: self.store.clone(),
+                local_root: None,
+                read_only: true,
+            }),
             url: self.url.clone(),
             local_dir: self.local_dir.clone(),
         }
@@ -119,41 +124,56 @@ impl Storage {
     }
 }
 
-/// A local directory as an object store that (1) fsyncs every object it stores, and the
-/// directory that holds it, before the write returns — a Delta commit is only "done" once its data
-/// files, state object and log entry survive a power cut — and (2) lists in lexicographic order,
-/// as the Delta log reader expects from object stores (directories list in any order).
+/// The object store every other part of jinryu sees: the backend, plus two guards.
+///
+/// * On a local directory (`local_root`) every object stored is fsynced, with the directory that
+///   holds it, before the write returns — a Delta commit is only "done" once its data files,
+///   state object and log entry survive a power cut — and listings come in lexicographic order, as
+///   the Delta log reader expects from object stores (directories list in any order).
+/// * `read_only` refuses every write, copy, rename and delete with `PermissionDenied` (the
+///   sessions of `jinryu sql`, `monthly` and `check`).
 #[derive(Debug)]
-struct Durable {
+struct Guarded {
     inner: Arc<dyn ObjectStore>,
-    root: PathBuf,
+    local_root: Option<PathBuf>,
+    read_only: bool,
 }
 
-impl std::fmt::Display for Durable {
+impl std::fmt::Display for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Durable({})", self.root.display())
+        let mode = if self.read_only { "read-only " } else { "" };
+        write!(f, "{mode}{}", self.inner)
     }
 }
 
-/// fsyncs the object at `location` under `root` and its directory.
-fn sync_object(
-    root: &std::path::Path,
-    location: &object_store::path::Path,
-) -> object_store::Result<()> {
-    let file = root.join(location.as_ref());
-    let io = |e: std::io::Error| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: format!("fsync of {}: {e}", file.display()).into(),
-    };
-    std::fs::File::open(&file)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+type ObjPath = object_store::path::Path;
+type Listing = futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>;
+
+fn refused(path: &ObjPath, what: &str) -> object_store::Error {
+    object_store::Error::PermissionDenied {
+        path: path.to_string(),
+        source: format!("{what} refused: this session reads the tables and cannot change them")
+            .into(),
     }
-    Ok(())
+}
+
+/// fsyncs the object at `location` under `root` and its directory (on a blocking thread).
+async fn sync_object(root: &std::path::Path, location: &ObjPath) -> object_store::Result<()> {
+    let file = root.join(location.as_ref());
+    let generic = |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source,
+    };
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::File::open(&file)?.sync_all()?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| generic(Box::new(e)))?
+    .map_err(|e| generic(format!("fsync of {location}: {e}").into()))
 }
 
 /// A multipart upload whose completion is fsynced.
@@ -161,7 +181,7 @@ fn sync_object(
 struct DurableUpload {
     inner: Box<dyn object_store::MultipartUpload>,
     root: PathBuf,
-    location: object_store::path::Path,
+    location: ObjPath,
 }
 
 #[async_trait::async_trait]
@@ -172,13 +192,7 @@ impl object_store::MultipartUpload for DurableUpload {
 
     async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
         let done = self.inner.complete().await?;
-        let (root, location) = (self.root.clone(), self.location.clone());
-        tokio::task::spawn_blocking(move || sync_object(&root, &location))
-            .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            })??;
+        sync_object(&self.root, &self.location).await?;
         Ok(done)
     }
 
@@ -187,39 +201,46 @@ impl object_store::MultipartUpload for DurableUpload {
     }
 }
 
-impl Durable {
-    async fn sync(&self, location: &object_store::path::Path) -> object_store::Result<()> {
-        let (root, location) = (self.root.clone(), location.clone());
-        tokio::task::spawn_blocking(move || sync_object(&root, &location))
-            .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            })?
+impl Guarded {
+    fn writable(&self, location: &ObjPath, what: &str) -> object_store::Result<()> {
+        if self.read_only {
+            Err(refused(location, what))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn sync(&self, location: &ObjPath) -> object_store::Result<()> {
+        match &self.local_root {
+            Some(root) => sync_object(root, location).await,
+            None => Ok(()),
+        }
+    }
+
+    fn listing(&self, listing: Listing) -> Listing {
+        use futures::{StreamExt, TryStreamExt};
+        if self.local_root.is_none() {
+            return listing;
+        }
+        futures::stream::once(async move {
+            let mut all: Vec<object_store::ObjectMeta> = listing.try_collect().await?;
+            all.sort_by(|a, b| a.location.cmp(&b.location));
+            Ok::<_, object_store::Error>(futures::stream::iter(all.into_iter().map(Ok)))
+        })
+        .try_flatten()
+        .boxed()
     }
 }
 
-fn sorted(
-    listing: futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
-) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-    use futures::{StreamExt, TryStreamExt};
-    futures::stream::once(async move {
-        let mut all: Vec<object_store::ObjectMeta> = listing.try_collect().await?;
-        all.sort_by(|a, b| a.location.cmp(&b.location));
-        Ok::<_, object_store::Error>(futures::stream::iter(all.into_iter().map(Ok)))
-    })
-    .try_flatten()
-    .boxed()
-}
-
 #[async_trait::async_trait]
-impl ObjectStore for Durable {
+impl ObjectStore for Guarded {
     async fn put_opts(
         &self,
-        location: &object_store::path::Path,
+        location: &ObjPath,
         payload: object_store::PutPayload,
         opts: object_store::PutOptions,
     ) -> object_store::Result<object_store::PutResult> {
+        self.writable(location, "writing")?;
         let done = self.inner.put_opts(location, payload, opts).await?;
         self.sync(location).await?;
         Ok(done)
@@ -227,20 +248,24 @@ impl ObjectStore for Durable {
 
     async fn put_multipart_opts(
         &self,
-        location: &object_store::path::Path,
+        location: &ObjPath,
         opts: object_store::PutMultipartOptions,
     ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.writable(location, "writing")?;
         let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(DurableUpload {
-            inner,
-            root: self.root.clone(),
-            location: location.clone(),
-        }))
+        Ok(match &self.local_root {
+            Some(root) => Box::new(DurableUpload {
+                inner,
+                root: root.clone(),
+                location: location.clone(),
+            }),
+            None => inner,
+        })
     }
 
     async fn get_opts(
         &self,
-        location: &object_store::path::Path,
+        location: &ObjPath,
         options: object_store::GetOptions,
     ) -> object_store::Result<object_store::GetResult> {
         self.inner.get_opts(location, options).await
@@ -248,7 +273,7 @@ impl ObjectStore for Durable {
 
     async fn get_ranges(
         &self,
-        location: &object_store::path::Path,
+        location: &ObjPath,
         ranges: &[std::ops::Range<u64>],
     ) -> object_store::Result<Vec<bytes::Bytes>> {
         self.inner.get_ranges(location, ranges).await
@@ -256,32 +281,28 @@ impl ObjectStore for Durable {
 
     fn delete_stream(
         &self,
-        locations: futures::stream::BoxStream<
-            'static,
-            object_store::Result<object_store::path::Path>,
-        >,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        locations: futures::stream::BoxStream<'static, object_store::Result<ObjPath>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<ObjPath>> {
+        use futures::StreamExt;
+        if self.read_only {
+            return locations
+                .map(|p| p.and_then(|p| Err(refused(&p, "deleting"))))
+                .boxed();
+        }
         self.inner.delete_stream(locations)
     }
 
-    fn list(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        sorted(self.inner.list(prefix))
+    fn list(&self, prefix: Option<&ObjPath>) -> Listing {
+        self.listing(self.inner.list(prefix))
     }
 
-    fn list_with_offset(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-        offset: &object_store::path::Path,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        sorted(self.inner.list_with_offset(prefix, offset))
+    fn list_with_offset(&self, prefix: Option<&ObjPath>, offset: &ObjPath) -> Listing {
+        self.listing(self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(
         &self,
-        prefix: Option<&object_store::path::Path>,
+        prefix: Option<&ObjPath>,
     ) -> object_store::Result<object_store::ListResult> {
         let mut l = self.inner.list_with_delimiter(prefix).await?;
         l.objects.sort_by(|a, b| a.location.cmp(&b.location));
@@ -291,129 +312,24 @@ impl ObjectStore for Durable {
 
     async fn copy_opts(
         &self,
-        from: &object_store::path::Path,
-        to: &object_store::path::Path,
+        from: &ObjPath,
+        to: &ObjPath,
         options: object_store::CopyOptions,
     ) -> object_store::Result<()> {
+        self.writable(to, "copying")?;
         self.inner.copy_opts(from, to, options).await?;
         self.sync(to).await
     }
 
     async fn rename_opts(
         &self,
-        from: &object_store::path::Path,
-        to: &object_store::path::Path,
+        from: &ObjPath,
+        to: &ObjPath,
         options: object_store::RenameOptions,
     ) -> object_store::Result<()> {
+        self.writable(to, "renaming")?;
         self.inner.rename_opts(from, to, options).await?;
         self.sync(to).await
-    }
-}
-
-/// An object store that only reads: every change is refused with `PermissionDenied`.
-#[derive(Debug)]
-struct ReadOnly(Arc<dyn ObjectStore>);
-
-impl std::fmt::Display for ReadOnly {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReadOnly({})", self.0)
-    }
-}
-
-fn refused(path: &object_store::path::Path, what: &str) -> object_store::Error {
-    object_store::Error::PermissionDenied {
-        path: path.to_string(),
-        source: format!("{what} refused: this session reads the tables and cannot change them")
-            .into(),
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for ReadOnly {
-    async fn put_opts(
-        &self,
-        location: &object_store::path::Path,
-        _payload: object_store::PutPayload,
-        _opts: object_store::PutOptions,
-    ) -> object_store::Result<object_store::PutResult> {
-        Err(refused(location, "writing"))
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &object_store::path::Path,
-        _opts: object_store::PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        Err(refused(location, "writing"))
-    }
-
-    async fn get_opts(
-        &self,
-        location: &object_store::path::Path,
-        options: object_store::GetOptions,
-    ) -> object_store::Result<object_store::GetResult> {
-        self.0.get_opts(location, options).await
-    }
-
-    async fn get_ranges(
-        &self,
-        location: &object_store::path::Path,
-        ranges: &[std::ops::Range<u64>],
-    ) -> object_store::Result<Vec<bytes::Bytes>> {
-        self.0.get_ranges(location, ranges).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: futures::stream::BoxStream<
-            'static,
-            object_store::Result<object_store::path::Path>,
-        >,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
-        use futures::StreamExt;
-        locations
-            .map(|p| p.and_then(|p| Err(refused(&p, "deleting"))))
-            .boxed()
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.0.list(prefix)
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-        offset: &object_store::path::Path,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.0.list_with_offset(prefix, offset)
-    }
-
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> object_store::Result<object_store::ListResult> {
-        self.0.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        _from: &object_store::path::Path,
-        to: &object_store::path::Path,
-        _options: object_store::CopyOptions,
-    ) -> object_store::Result<()> {
-        Err(refused(to, "copying"))
-    }
-
-    async fn rename_opts(
-        &self,
-        _from: &object_store::path::Path,
-        to: &object_store::path::Path,
-        _options: object_store::RenameOptions,
-    ) -> object_store::Result<()> {
-        Err(refused(to, "renaming"))
     }
 }
 

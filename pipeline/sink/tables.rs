@@ -176,4 +176,34 @@ mod tests {
             }
         }
     }
+
+    /// `delta_type` in `schemas/*.json` is the type of each column in the Delta table jinryu
+    /// creates, the `date` partition included.
+    #[test]
+    fn schema_files_match_the_delta_tables() {
+        use crate::sink::delta::Table;
+        for table in Table::ALL {
+            let file = format!("schemas/{}.json", table.name());
+            let text =
+                std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let cols = doc["columns"].as_array().unwrap();
+            let stored = table.stored_schema();
+            assert_eq!(cols.len(), stored.fields().len(), "{file}");
+            for (c, f) in cols.iter().zip(stored.fields()) {
+                assert_eq!(c["name"].as_str().unwrap(), f.name(), "{file}");
+                let delta = match f.data_type() {
+                    DataType::Utf8 => "string",
+                    DataType::Int64 => "long",
+                    DataType::Boolean => "boolean",
+                    DataType::Binary => "binary",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => {
+                        "timestamp"
+                    }
+                    other => panic!("{file} {}: no Delta type for {other}", f.name()),
+                };
+                assert_eq!(c["delta_type"].as_str().unwrap(), delta, "{file} {}", f.name());
+            }
+        }
+    }
 }

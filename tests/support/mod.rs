@@ -367,3 +367,14 @@ pub fn peak_child_rss_mb() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     usage.ru_maxrss as f64 / 1024.0
 }
+
+/// The single value of a query that returns one number (cast to BIGINT).
+pub async fn scalar_i64(ctx: &datafusion::prelude::SessionContext, sql: &str) -> i64 {
+    let b = jinryu::jobs::query(ctx, sql).await.unwrap();
+    let c = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
+    let a = c
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap();
+    if a.is_null(0) { 0 } else { a.value(0) }
+}
