@@ -81,7 +81,7 @@ fn main() {
     assert_eq!(report["lines"].as_u64(), Some(events));
     assert_eq!(report["quarantined"].as_u64(), Some(0));
     println!(
-        "ingest_e2e: {events} events ({:.0} MB) from 1000 sensors → Parquet in {secs:.2}s = {:.2} M events/s, \
+        "ingest_e2e: {events} events ({:.0} MB) from 1000 sensors → the Delta tables in {secs:.2}s = {:.2} M events/s, \
          {:.0} MB/s, peak RSS {:.0} MB, {} rows written",
         bytes as f64 / 1e6,
         events as f64 / secs / 1e6,

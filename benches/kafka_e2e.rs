@@ -139,7 +139,7 @@ fn main() {
     let taken = all_taken.unwrap_or(secs);
     println!(
         "kafka_e2e: {events} events from 1000 sensors, 4 partitions: published in {publish_secs:.1}s \
-         ({:.2} M/s); Kafka → Parquet: first record taken {start:.2}s after the start, all taken \
+         ({:.2} M/s); Kafka → Delta: first record taken {start:.2}s after the start, all taken \
          at {taken:.2}s, all committed at {secs:.2}s: **{:.2} M events/s taken** (first to last \
          record), {:.2} M events/s to the last commit, {:.2} M events/s including start-up; first \
          commit at {t1:.1}s ({d1} records); peak RSS of the largest jinryu process {:.0} MB",

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::driver::Driver;
 use crate::event::Decoder;
-use crate::quarantine::{QuarantineRecord, ReasonCounts};
+use crate::quarantine::QuarantineRecord;
 use crate::sink::store::Storage;
 use crate::sink::writer::SourceWriter;
 use crate::source::file::{self, Decoded};
-use crate::window::{Admit, WindowStage};
+use crate::window::WindowStage;
 
 /// What one ingest run did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -138,16 +139,16 @@ pub async fn ingest(
     } else {
         input
     };
-    let mut stage = WindowStage::new(cfg.window.clone(), registry);
+    let mut driver = Driver::new(
+        WindowStage::new(cfg.window.clone(), registry),
+        cfg.roll_rows,
+    );
     let mut rx = file::spawn(input, decoder, opts.workers);
 
     let mut report = Report {
         source: opts.source_id.clone(),
         ..Report::default()
     };
-    let mut reasons = ReasonCounts::default();
-    let mut rows = Vec::new();
-    let mut quarantine: Vec<QuarantineRecord> = Vec::new();
     let t0 = Instant::now();
     let mut last_progress = Instant::now();
 
@@ -164,31 +165,24 @@ pub async fn ingest(
                     rejection,
                     payload,
                     len,
-                } => {
-                    reasons.add(rejection.reason);
-                    quarantine.push(QuarantineRecord::new(
-                        &opts.source_id,
-                        None,
-                        line,
-                        rejection,
-                        &payload,
-                        len,
-                        started_ms,
-                    ));
-                }
+                } => driver.reject(QuarantineRecord::new(
+                    &opts.source_id,
+                    None,
+                    line,
+                    rejection,
+                    &payload,
+                    len,
+                    started_ms,
+                )),
                 Decoded::Event(ev) => {
                     report.accepted += 1;
-                    if stage.push(&ev) == Admit::Duplicate {
-                        continue;
-                    }
-                    if stage.has_final() {
-                        stage.emit_final(&mut rows);
-                    }
+                    driver.admit(&ev);
                 }
             }
-            if rows.len() + quarantine.len() >= cfg.roll_rows {
-                stage.emit_late(&mut rows);
-                let w = writer.write_epoch(&mut rows, &mut quarantine).await?;
+            if driver.roll_due() {
+                driver.seal();
+                let (rows, quarantine) = driver.epoch_mut();
+                let w = writer.write_epoch(rows, quarantine).await?;
                 report.rows_written += w.agg_rows as u64;
             }
         }
@@ -197,23 +191,24 @@ pub async fn ingest(
             let secs = t0.elapsed().as_secs_f64();
             tracing::info!(
                 lines = report.lines,
-                quarantined = reasons.total(),
+                quarantined = driver.reasons().total(),
                 rate = format!("{:.2} M lines/s", report.lines as f64 / secs / 1e6),
                 "ingest progress"
             );
         }
     }
-    stage.flush_all(&mut rows);
-    let w = writer.write_epoch(&mut rows, &mut quarantine).await?;
+    driver.seal_all();
+    let (rows, quarantine) = driver.epoch_mut();
+    let w = writer.write_epoch(rows, quarantine).await?;
     report.rows_written += w.agg_rows as u64;
 
-    let stats = stage.stats();
+    let stats = driver.stage().stats();
     report.counted = stats.counted;
     report.late = stats.late;
     report.duplicates = stats.duplicates;
     report.people = stats.people;
-    report.quarantined = reasons.total();
-    report.quarantine_reasons = reasons.0;
+    report.quarantined = driver.reasons().total();
+    report.quarantine_reasons = driver.reasons().0.clone();
     if opts.content_id {
         use sha2::Digest;
         let digest = hasher.lock().expect("hasher lock").clone().finalize();

@@ -14,6 +14,8 @@
 //! jobs/     DataFusion SQL over the stored tables (sql/*.sql): flow_15min, the monthly deliverable,
 //!           the data-quality checks (sql/checks/*.sql)
 //! alerts/   checks' incidents → alerts with stable ids and state → stdout, log file, webhook
+//! driver.rs the one loop both inputs share: admit, quarantine, emit final and late rows, seal
+//!           epochs; the Kafka partition's clock rules
 //! ingest.rs one run of the pipeline with its accounting; demo.rs and simulate/ the embedded default
 //! service/  `jinryu run`: the Kafka consumer group, clocks, commits, /healthz and /metrics
 //! ```
@@ -24,6 +26,7 @@ pub mod alerts;
 pub mod calendar;
 pub mod config;
 pub mod demo;
+pub mod driver;
 pub mod event;
 pub mod ingest;
 pub mod jobs;

@@ -58,6 +58,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{Config, SensorRegistry};
+use crate::driver::{Clocks, Driver, Timing, epoch_due, quiet_advance};
 use crate::event::{Decoder, Event, Rejection};
 use crate::quarantine::QuarantineRecord;
 use crate::sink::checkpoint::{PartitionLog, PartitionTotals};
@@ -65,7 +66,7 @@ use crate::sink::store::Storage;
 use crate::sink::writer::SinkError;
 use crate::source::kafka;
 use crate::window::time::partition_value;
-use crate::window::{Admit, AggRow, WindowStage};
+use crate::window::{Admit, WindowStage};
 use metrics::{Metrics, PartitionLabel, ReasonLabel};
 
 /// How often the consumer loop runs the clocks when records keep arriving.
@@ -121,10 +122,6 @@ impl Batch {
     }
 }
 
-/// Idle timeouts after which a quiet partition moves by wall clock even if it has not been seen
-/// consumed to its end (see `Shared::tick`).
-const QUIET_ANYWAY: i64 = 5;
-
 /// A batch ends once its copied keys and values reach this size (memory stays bounded whatever
 /// the records' size; a Kafka record is below 2 GiB, so `u32` positions cannot overflow).
 const BATCH_BYTES: usize = 16 << 20;
@@ -142,13 +139,12 @@ const PARALLEL_DECODE_MIN: usize = 1024;
 struct Partition {
     id: i32,
     log: PartitionLog,
-    stage: WindowStage,
+    /// The partition's window stage and the rows and quarantine records of the open epoch.
+    driver: Driver,
     /// Offset after the last record consumed (the checkpoint's before the first; -1 = none yet).
     next: i64,
     /// First offset consumed in the current epoch.
     first: Option<i64>,
-    rows: Vec<AggRow>,
-    quarantine: Vec<QuarantineRecord>,
     totals: PartitionTotals,
     /// Start of the current quiet period (no record), in time the service was listening.
     last_input: Instant,
@@ -323,7 +319,7 @@ impl Shared {
                         tracing::info!(
                             partition = id,
                             next_offset = p.next,
-                            open_windows = p.stage.open_windows(),
+                            open_windows = p.driver.stage().open_windows(),
                             "partition assigned"
                         );
                         slot.insert(p);
@@ -412,10 +408,8 @@ impl Shared {
             next: cp.next_offset,
             totals: cp.totals.clone(),
             log,
-            stage,
+            driver: Driver::new(stage, self.cfg.roll_rows),
             first: None,
-            rows: Vec::new(),
-            quarantine: Vec::new(),
             last_input: Instant::now(),
             last_commit: Instant::now(),
             dirty: false,
@@ -438,15 +432,15 @@ impl Shared {
         p: &mut Partition,
         attempts_when_stopping: u32,
     ) -> Result<(), Failure> {
-        if p.next < 0 && p.rows.is_empty() && p.quarantine.is_empty() {
+        if p.next < 0 && !p.driver.has_output() {
             return Ok(()); // nothing consumed ever
         }
-        p.stage.emit_final(&mut p.rows);
-        p.stage.emit_late(&mut p.rows);
-        let state = p.stage.snapshot();
+        p.driver.seal();
+        let state = p.driver.stage().snapshot();
         let first = p.first.unwrap_or(p.next);
         let (spec, reg) = (&self.cfg.window, &*self.registry);
-        let (rows, quarantine, totals, next) = (&p.rows, &p.quarantine, &p.totals, p.next);
+        let (rows, quarantine) = p.driver.epoch();
+        let (totals, next) = (&p.totals, p.next);
         let log = &mut p.log;
         let written = self.retry("storing an epoch", attempts_when_stopping, || {
             self.rt.block_on(log.commit(
@@ -461,12 +455,13 @@ impl Shared {
             ))
         })?;
         p.totals = p.log.committed().totals.clone();
-        p.rows.clear();
-        p.quarantine.clear();
+        p.driver.committed();
         p.first = None;
         p.dirty = false;
         self.metrics.uncommitted_add(-p.uncommitted);
-        self.metrics.committed_records.inc_by(p.uncommitted.max(0) as u64);
+        self.metrics
+            .committed_records
+            .inc_by(p.uncommitted.max(0) as u64);
         p.uncommitted = 0;
         p.last_commit = Instant::now();
         self.metrics.committed();
@@ -542,14 +537,11 @@ impl Shared {
                 p.totals.accepted += 1;
                 self.metrics.accepted.inc();
                 self.metrics.heard(ev.sensor, now);
-                match p.stage.push(&ev) {
+                match p.driver.admit(&ev) {
                     Admit::Late => self.metrics.late.inc(),
                     Admit::Duplicate => self.metrics.duplicates.inc(),
                     Admit::Counted => 0,
                 };
-                if p.stage.has_final() {
-                    p.stage.emit_final(&mut p.rows);
-                }
             }
             Err(rejection) => {
                 p.totals.quarantined += 1;
@@ -564,7 +556,7 @@ impl Shared {
                     })
                     .inc();
                 let bytes = payload.unwrap_or_default();
-                p.quarantine.push(QuarantineRecord::new(
+                p.driver.reject(QuarantineRecord::new(
                     &self.topic,
                     Some(i64::from(p.id)),
                     offset as u64,
@@ -647,33 +639,30 @@ impl Shared {
         let now = now_ms();
         let mut stopped: Vec<(i32, Failure)> = Vec::new();
         // All clocks first: a commit below may block on storage, and that time is not quiet input.
+        let timing = Timing {
+            idle_timeout_ms: s.idle_timeout_ms,
+            flush_interval_ms: s.flush_interval_ms,
+            checkpoint_interval_ms: s.checkpoint_interval_ms,
+        };
+        let clocks = |p: &Partition| Clocks {
+            now_ms: now,
+            quiet_ms: p.last_input.elapsed().as_millis() as i64,
+            since_commit_ms: p.last_commit.elapsed().as_millis() as i64,
+            dirty: p.dirty,
+        };
         for p in parts.values_mut() {
-            // Wall clock closes windows only when the partition is quiet *and* consumed to its
-            // end. A consumer that was busy or blocked while records piled up must not jump event
-            // time past them: they would all become late, and retry detection (kept for a horizon
-            // of event time) would forget the windows their retries belong to.
-            // A partition whose end it never reaches (it ends in transaction markers, or its
-            // records were deleted by retention) moves after QUIET_ANYWAY idle timeouts.
-            let quiet = p.last_input.elapsed().as_millis() as i64;
+            // The clock rule is `driver::quiet_advance` (unit-tested there).
             let caught_up = || {
                 kafka::cached_high_watermark(consumer.client(), &self.topic, p.id)
                     .is_some_and(|end| p.next >= end)
             };
-            if quiet >= s.idle_timeout_ms.saturating_mul(QUIET_ANYWAY)
-                || (quiet >= s.idle_timeout_ms && caught_up())
-            {
-                p.stage.advance_to(now - s.idle_timeout_ms);
+            if let Some(t) = quiet_advance(clocks(p), timing, caught_up) {
+                p.driver.advance_to(t);
             }
         }
         for p in parts.values_mut() {
-            if p.stage.has_final() {
-                p.stage.emit_final(&mut p.rows);
-            }
-            let since = p.last_commit.elapsed().as_millis() as i64;
-            let output = !p.rows.is_empty() || !p.quarantine.is_empty() || p.stage.has_late();
-            let due = p.rows.len() + p.quarantine.len() >= self.cfg.roll_rows
-                || (output && since >= s.flush_interval_ms)
-                || (p.dirty && since >= s.checkpoint_interval_ms);
+            p.driver.emit_final();
+            let due = epoch_due(clocks(p), timing, &p.driver);
             if due && let Err(e) = self.commit(consumer, p, 3) {
                 if e.permanent {
                     stopped.push((p.id, e));

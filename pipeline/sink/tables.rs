@@ -197,12 +197,19 @@ mod tests {
                     DataType::Int64 => "long",
                     DataType::Boolean => "boolean",
                     DataType::Binary => "binary",
-                    DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => {
+                    DataType::Timestamp(TimeUnit::Microsecond, Some(tz))
+                        if tz.as_ref() == "UTC" =>
+                    {
                         "timestamp"
                     }
                     other => panic!("{file} {}: no Delta type for {other}", f.name()),
                 };
-                assert_eq!(c["delta_type"].as_str().unwrap(), delta, "{file} {}", f.name());
+                assert_eq!(
+                    c["delta_type"].as_str().unwrap(),
+                    delta,
+                    "{file} {}",
+                    f.name()
+                );
             }
         }
     }

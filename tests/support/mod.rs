@@ -376,5 +376,9 @@ pub async fn scalar_i64(ctx: &datafusion::prelude::SessionContext, sql: &str) ->
         .as_any()
         .downcast_ref::<arrow::array::Int64Array>()
         .unwrap();
-    if a.is_null(0) { 0 } else { a.value(0) }
+    if arrow::array::Array::is_null(a, 0) {
+        0
+    } else {
+        a.value(0)
+    }
 }
