@@ -51,11 +51,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, SensorRegistry};
 use crate::driver::{Clocks, Driver, Timing, epoch_due, quiet_advance};
@@ -65,6 +62,7 @@ use crate::sink::checkpoint::{PartitionLog, PartitionTotals};
 use crate::sink::store::Storage;
 use crate::sink::writer::SinkError;
 use crate::source::kafka;
+use crate::source::kafka::batch::{Batch, RawRecord};
 use crate::window::time::partition_value;
 use crate::window::{Admit, WindowStage};
 use metrics::{Metrics, PartitionLabel, ReasonLabel};
@@ -72,65 +70,8 @@ use metrics::{Metrics, PartitionLabel, ReasonLabel};
 /// How often the consumer loop runs the clocks when records keep arriving.
 const TICK: Duration = Duration::from_millis(250);
 
-/// A record's key and value as received.
-type RawRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
-
-/// Records taken from the client, copied out of librdkafka's memory so that the polling thread
-/// goes on polling while the window thread decodes, counts and commits them.
-#[derive(Default)]
-struct Batch {
-    /// Revocations seen by the polling thread before these records were polled.
-    generation: u64,
-    bytes: Vec<u8>,
-    records: Vec<Record>,
-}
-
-/// One record of a [`Batch`]: where it came from, and its key and value as ranges of the batch's
-/// bytes (`None`: the record has none — distinct from empty).
-struct Record {
-    partition: i32,
-    offset: i64,
-    key: Option<(u32, u32)>,
-    value: Option<(u32, u32)>,
-}
-
-impl Batch {
-    fn push(&mut self, m: &BorrowedMessage<'_>) {
-        let mut copy = |b: Option<&[u8]>| {
-            b.map(|b| {
-                let start = self.bytes.len() as u32;
-                self.bytes.extend_from_slice(b);
-                (start, self.bytes.len() as u32)
-            })
-        };
-        let key = copy(m.key());
-        let value = copy(m.payload());
-        self.records.push(Record {
-            partition: m.partition(),
-            offset: m.offset(),
-            key,
-            value,
-        });
-    }
-
-    fn slice(&self, r: Option<(u32, u32)>) -> Option<&[u8]> {
-        r.map(|(a, b)| &self.bytes[a as usize..b as usize])
-    }
-
-    fn raw(&self, r: &Record) -> RawRecord<'_> {
-        (self.slice(r.key), self.slice(r.value))
-    }
-}
-
-/// A batch ends once its copied keys and values reach this size (memory stays bounded whatever
-/// the records' size; a Kafka record is below 2 GiB, so `u32` positions cannot overflow).
-const BATCH_BYTES: usize = 16 << 20;
-
 /// Batches on their way from the polling thread to the window thread (backpressure beyond).
 const IN_FLIGHT: usize = 4;
-
-/// Most records taken from the client in one go.
-const BATCH: usize = 32768;
 
 /// Batches at least this large are decoded on two threads.
 const PARALLEL_DECODE_MIN: usize = 1024;
@@ -178,73 +119,40 @@ struct Shared {
     held_up_ms: AtomicU64,
 }
 
-/// librdkafka's callbacks.
-struct Ctx(Arc<Shared>);
+/// The service's consumer: librdkafka's callbacks go to [`Shared`].
+type GroupConsumer = BaseConsumer<kafka::consumer::Ctx<Shared>>;
 
-impl ClientContext for Ctx {
-    fn stats(&self, stats: Statistics) {
-        if let Some(t) = stats.topics.get(&self.0.topic) {
-            let mut total = 0;
-            for (p, s) in &t.partitions {
-                if *p >= 0 && s.consumer_lag >= 0 {
-                    total += s.consumer_lag;
-                    self.0
-                        .metrics
-                        .lag
-                        .get_or_create(&PartitionLabel {
-                            partition: p.to_string(),
-                        })
-                        .set(s.consumer_lag);
-                }
-            }
-            self.0.metrics.set_total_lag(total);
-        }
+impl kafka::consumer::Partitions for Shared {
+    fn topic(&self) -> &str {
+        &self.topic
     }
 
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.0.metrics.kafka_errors.inc();
+    /// Assigned partitions start at the table's progress, whatever the group's committed offset
+    /// says.
+    fn assign(&self, tpl: &mut TopicPartitionList) {
+        Shared::assign(self, tpl)
+    }
+
+    /// Revoked partitions are committed before they go (unless lost).
+    fn revoke(&self, consumer: &GroupConsumer, tpl: &TopicPartitionList) {
+        Shared::revoke(self, consumer, tpl)
+    }
+
+    fn lag(&self, per_partition: &[(i32, i64)], total: i64) {
+        for (p, lag) in per_partition {
+            self.metrics
+                .lag
+                .get_or_create(&PartitionLabel {
+                    partition: p.to_string(),
+                })
+                .set(*lag);
+        }
+        self.metrics.set_total_lag(total);
+    }
+
+    fn client_error(&self, error: &rdkafka::error::KafkaError, reason: &str) {
+        self.metrics.kafka_errors.inc();
         tracing::warn!(%error, reason, "kafka: {reason} (the client retries with backoff; check kafka.brokers and the network)");
-    }
-}
-
-impl ConsumerContext for Ctx {
-    /// Revoked partitions are committed before they go; assigned partitions start at their
-    /// checkpoint's offset, whatever the group's committed offset says.
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let result = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.0.assign(tpl);
-                if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.0.revoke(consumer, tpl);
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "kafka: rebalance error");
-                consumer.unassign()
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "kafka: applying the assignment failed");
-        }
     }
 }
 
@@ -346,7 +254,7 @@ impl Shared {
     }
 
     /// Commits and releases revoked partitions.
-    fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+    fn revoke(&self, consumer: &GroupConsumer, tpl: &TopicPartitionList) {
         let Ok(mut parts) = self.parts.lock() else {
             // The window thread panicked holding the state: commit nothing; the next owner
             // reads every partition from its checkpoint.
@@ -428,7 +336,7 @@ impl Shared {
     /// offset. On failure nothing changes and the call may be repeated.
     fn commit(
         &self,
-        consumer: &BaseConsumer<Ctx>,
+        consumer: &GroupConsumer,
         p: &mut Partition,
         attempts_when_stopping: u32,
     ) -> Result<(), Failure> {
@@ -593,9 +501,7 @@ impl Shared {
                 .get(&r.partition)
                 .is_some_and(|&g| batch.generation < g);
             match parts.get_mut(&r.partition) {
-                Some(p) if !revoked_since => {
-                    self.consume(p, r.offset, batch.slice(r.value), d, &taken)
-                }
+                Some(p) if !revoked_since => self.consume(p, r.offset, batch.value(r), d, &taken),
                 _ => tracing::debug!(
                     partition = r.partition,
                     offset = r.offset,
@@ -607,7 +513,7 @@ impl Shared {
 
     /// The window thread: takes batches from the polling thread until it stops, and runs the
     /// clocks and commits.
-    fn work(&self, consumer: &BaseConsumer<Ctx>, batches: std::sync::mpsc::Receiver<Batch>) {
+    fn work(&self, consumer: &GroupConsumer, batches: std::sync::mpsc::Receiver<Batch>) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut last_tick = Instant::now();
         loop {
@@ -634,7 +540,7 @@ impl Shared {
     }
 
     /// Clocks: idle partitions move by wall clock; due partitions are committed.
-    fn tick(&self, consumer: &BaseConsumer<Ctx>, parts: &mut BTreeMap<i32, Partition>) {
+    fn tick(&self, consumer: &GroupConsumer, parts: &mut BTreeMap<i32, Partition>) {
         let s = &self.cfg.service;
         let now = now_ms();
         let mut stopped: Vec<(i32, Failure)> = Vec::new();
@@ -815,8 +721,8 @@ pub fn run(
         ],
     )
     .map_err(anyhow::Error::msg)?;
-    let consumer: BaseConsumer<Ctx> = client
-        .create_with_context(Ctx(shared.clone()))
+    let consumer: GroupConsumer = client
+        .create_with_context(kafka::consumer::Ctx(shared.clone()))
         .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
     consumer
         .subscribe(&[&settings.topic])
@@ -843,43 +749,15 @@ pub fn run(
             .name("jinryu-window".into())
             .spawn_scoped(scope, || shared.work(&consumer, batches))
             .map_err(|e| anyhow::anyhow!("cannot start the window thread: {e}"))?;
-        let generation = || shared.generation.load(Ordering::SeqCst);
-        let fresh = |generation: u64| Batch {
-            generation,
-            ..Batch::default()
-        };
-        let mut batch = fresh(generation());
-        'polling: while !stop.load(Ordering::Relaxed) && !worker.is_finished() {
-            metrics.alive();
-            // A batch: the first record waits up to 100 ms, the rest are what is already fetched.
-            let mut timeout = Duration::from_millis(100);
-            while batch.records.len() < BATCH && batch.bytes.len() < BATCH_BYTES {
-                let polled = consumer.poll(timeout);
-                timeout = Duration::ZERO;
-                if generation() != batch.generation {
-                    // A revocation ran inside that poll: what was polled before it goes as one
-                    // batch of the old generation (see `Shared::revoked_at`).
-                    let before = std::mem::replace(&mut batch, fresh(generation()));
-                    if !before.records.is_empty() && to_window.send(before).is_err() {
-                        break 'polling;
-                    }
-                }
-                match polled {
-                    Some(Ok(m)) => batch.push(&m),
-                    Some(Err(e)) => {
-                        poll_error(e);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            if !batch.records.is_empty() {
-                let full = std::mem::replace(&mut batch, fresh(generation()));
-                if to_window.send(full).is_err() {
-                    break; // the window thread ended (it only does when it panics)
-                }
-            }
-        }
+        kafka::batch::poll_batches(
+            &consumer,
+            || !stop.load(Ordering::Relaxed) && !worker.is_finished(),
+            || shared.generation.load(Ordering::SeqCst),
+            // Fails only when the window thread ended (it only does when it panics).
+            |batch| to_window.send(batch).is_ok(),
+            &mut poll_error,
+            || metrics.alive(),
+        );
         drop(to_window);
         worker
             .join()

@@ -1,7 +1,11 @@
 //! Stage 0 for the service — Kafka records in. Builds librdkafka's configuration from `[kafka]`
 //! (secrets resolved here, at start, and never shown) and classifies each record: a tombstone or a
 //! key that is not UTF-8 is rejected before the value is decoded; the value goes through the same
-//! [`Decoder`] as file input.
+//! [`Decoder`] as file input. [`consumer`] holds the group member's callbacks (rebalances, lag,
+//! client errors) and [`batch`] the polling loop that copies records out in batches.
+
+pub mod batch;
+pub mod consumer;
 
 use rdkafka::ClientConfig;
 
