@@ -238,8 +238,8 @@ enum Command {
     ///
     /// `aggregates` and `quarantine` are Delta Lake tables under the storage root
     /// (<root>/aggregates, <root>/quarantine), partitioned by local date. Every ingest run and
-    /// every Kafka partition commits its files together with its progress; these commands never
-    /// change what a query returns.
+    /// every Kafka partition commits its files together with its progress. compact and vacuum
+    /// never change what a query returns; expire removes old quarantine rows.
     Table {
         #[command(subcommand)]
         action: TableAction,
@@ -440,11 +440,15 @@ async fn table_command(action: TableAction) -> anyhow::Result<()> {
                         .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))
                         .unwrap_or_default()
                 };
-                let files = i
-                    .operation_parameters
-                    .as_ref()
-                    .and_then(|p| p.get("epochId").or(p.get("mode")))
-                    .map(|v| v.to_string())
+                let param = |k: &str| {
+                    i.operation_parameters
+                        .as_ref()
+                        .and_then(|p| p.get(k))
+                        .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))
+                };
+                let files = param("epochId")
+                    .map(|e| format!("epoch={e}"))
+                    .or_else(|| param("predicate").map(|p| format!("predicate={p}")))
                     .unwrap_or_default();
                 println!(
                     "{:>6}  {when}  {:<18} {:<28} host={} pid={} {}{}",
@@ -457,11 +461,7 @@ async fn table_command(action: TableAction) -> anyhow::Result<()> {
                         "" => String::new(),
                         p => format!("progress={p} "),
                     },
-                    if files.is_empty() {
-                        String::new()
-                    } else {
-                        format!("({files})")
-                    }
+                    files
                 );
             }
             Ok(())

@@ -284,6 +284,32 @@ impl PartitionLog {
             cp.clone(),
         ));
         if !quar_adds.is_empty() {
+            // A writer that a newer owner overtook must not touch the quarantine table either
+            // (its progress there would then fence the newer owner): check the aggregates
+            // table's progress first. The aggregates commit below checks it again, atomically.
+            let found = {
+                let t = &mut self.tables.aggregates;
+                t.update_state()
+                    .await
+                    .map_err(|e| delta::DeltaError::Table {
+                        table: Table::Aggregates.name(),
+                        storage: self.storage.url.clone(),
+                        source: Box::new(e),
+                    })?;
+                delta::progress(&self.storage, t, Table::Aggregates, &source).await?
+            };
+            if found != self.aggregates {
+                self.inflight = None;
+                return Err(delta::DeltaError::Fenced {
+                    table: Table::Aggregates.name(),
+                    app: source.clone(),
+                    expected: self
+                        .aggregates
+                        .map_or("nothing committed".into(), |p| p.to_string()),
+                    found: found.map_or("nothing committed".into(), |p| p.to_string()),
+                }
+                .into());
+            }
             delta::commit(
                 &self.storage,
                 &mut self.tables.quarantine,
@@ -506,6 +532,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(f.totals().await, (13, 1));
+    }
+
+    /// A stale writer with rejected records is refused before it touches the quarantine table,
+    /// so the newer owner's next quarantine commit is not fenced by it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stale_writer_never_commits_quarantine() {
+        let f = fixture();
+        let mut zombie = PartitionLog::open(f.storage.clone(), "events", 2)
+            .await
+            .unwrap();
+        f.commit(&mut zombie, (0, 10), &[row(WS, 5)], &[])
+            .await
+            .unwrap();
+        let mut owner = PartitionLog::open(f.storage.clone(), "events", 2)
+            .await
+            .unwrap();
+        f.commit(&mut owner, (10, 20), &[row(WS + 900_000, 7)], &[])
+            .await
+            .unwrap();
+        let e = f
+            .commit(&mut zombie, (10, 25), &[], &[rejected(22)])
+            .await
+            .unwrap_err();
+        assert!(e.is_fenced(), "{e}");
+        assert_eq!(
+            f.totals().await,
+            (12, 0),
+            "the zombie's rejection was not stored"
+        );
+        f.commit(&mut owner, (20, 30), &[], &[rejected(22)])
+            .await
+            .expect("the owner is not fenced by the zombie");
+        assert_eq!(f.totals().await, (12, 1));
     }
 
     /// A crash between the quarantine commit and the aggregates commit: the epoch is consumed

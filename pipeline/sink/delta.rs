@@ -277,6 +277,7 @@ pub async fn open_or_create(storage: &Storage, table: Table) -> Result<DeltaTabl
             Some(table.stats_columns()),
         )])
         .with_save_mode(SaveMode::Ignore)
+        .with_commit_properties(CommitProperties::default().with_metadata(who("create")))
         .await;
     match created {
         Ok(t) => Ok(t),
