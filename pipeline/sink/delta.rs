@@ -515,7 +515,9 @@ pub async fn commit(
                 }
                 tracing::warn!(error = %failure, retry_in = ?wait, "commit failed; retrying (nothing is visible until it succeeds)");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(15));
+                // Short waits: the object store already retried the request with its own
+                // backoff, and a writer should resume promptly once storage is back.
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
             }
         }
     }
