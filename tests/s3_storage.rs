@@ -171,7 +171,10 @@ async fn ingest_and_service_write_to_s3_through_an_outage() {
     // Each stall is one alert, opened once and resolved once with the same id. (While the
     // service catches up after the outage, a commit can again take longer than this test's 2 s
     // `stall_after`: that is a second, shorter episode, not a repeat of the first.)
-    assert!(!alerts.is_empty() && alerts.len() % 2 == 0, "{log}");
+    assert!(
+        !alerts.is_empty() && alerts.len().is_multiple_of(2),
+        "{log}"
+    );
     for pair in alerts.chunks(2) {
         assert_eq!(pair[0]["status"], "open", "{log}");
         assert_eq!(pair[1]["status"], "resolved", "{log}");
