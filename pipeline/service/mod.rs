@@ -84,8 +84,6 @@ struct Partition {
     driver: Driver,
     /// Offset after the last record consumed (the checkpoint's before the first; -1 = none yet).
     next: i64,
-    /// First offset consumed in the current epoch.
-    first: Option<i64>,
     totals: PartitionTotals,
     /// Start of the current quiet period (no record), in time the service was listening.
     last_input: Instant,
@@ -317,7 +315,6 @@ impl Shared {
             totals: cp.totals.clone(),
             log,
             driver: Driver::new(stage, self.cfg.roll_rows),
-            first: None,
             last_input: Instant::now(),
             last_commit: Instant::now(),
             dirty: false,
@@ -345,26 +342,16 @@ impl Shared {
         }
         p.driver.seal();
         let state = p.driver.stage().snapshot();
-        let first = p.first.unwrap_or(p.next);
         let (spec, reg) = (&self.cfg.window, &*self.registry);
         let (rows, quarantine) = p.driver.epoch();
         let (totals, next) = (&p.totals, p.next);
         let log = &mut p.log;
         let written = self.retry("storing an epoch", attempts_when_stopping, || {
-            self.rt.block_on(log.commit(
-                spec,
-                reg,
-                first,
-                next,
-                rows,
-                quarantine,
-                state.clone(),
-                totals,
-            ))
+            self.rt
+                .block_on(log.commit(spec, reg, next, rows, quarantine, state.clone(), totals))
         })?;
         p.totals = p.log.committed().totals.clone();
         p.driver.committed();
-        p.first = None;
         p.dirty = false;
         self.metrics.uncommitted_add(-p.uncommitted);
         self.metrics
@@ -431,7 +418,6 @@ impl Shared {
             self.metrics.skipped_replayed.inc();
             return;
         }
-        p.first.get_or_insert(offset);
         p.next = offset + 1;
         p.dirty = true;
         p.last_input = at;

@@ -183,7 +183,7 @@ impl PartitionLog {
     }
 
     /// Commits one epoch: the rows and quarantine records emitted since the last commit, the
-    /// consumed range `[first_offset, next_offset)` and the window state at `next_offset`.
+    /// records consumed up to `next_offset` and the window state there.
     /// On a transient error nothing is committed and the same call may simply be repeated; a
     /// fenced writer gets [`SinkError::is_fenced`] and must stop.
     #[allow(clippy::too_many_arguments)]
@@ -191,36 +191,24 @@ impl PartitionLog {
         &mut self,
         spec: &WindowSpec,
         registry: &SensorRegistry,
-        first_offset: i64,
         next_offset: i64,
         rows: &[AggRow],
         quarantine: &[QuarantineRecord],
         state: StageState,
         totals: &PartitionTotals,
     ) -> Result<EpochWritten, SinkError> {
-        let _ = first_offset;
         if let Some((quar, agg, cp)) = self.inflight.take() {
             // The previous call failed after its commits were sent: see what landed.
             let (s, t) = (&self.storage, &mut self.tables);
-            for (which, table) in [
-                (Table::Quarantine, &mut t.quarantine),
-                (Table::Aggregates, &mut t.aggregates),
-            ] {
-                table
-                    .update_state()
-                    .await
-                    .map_err(|e| delta::DeltaError::Table {
-                        table: which.name(),
-                        storage: s.url.clone(),
-                        source: Box::new(e),
-                    })?;
-            }
             if quar.is_some()
-                && delta::progress(s, &t.quarantine, Table::Quarantine, &cp.source).await? == quar
+                && delta::current_progress(s, &mut t.quarantine, Table::Quarantine, &cp.source)
+                    .await?
+                    == quar
             {
                 self.quarantine = quar;
             }
-            if delta::progress(s, &t.aggregates, Table::Aggregates, &cp.source).await? == Some(agg)
+            if delta::current_progress(s, &mut t.aggregates, Table::Aggregates, &cp.source).await?
+                == Some(agg)
             {
                 tracing::info!(app = %cp.source, next_offset = cp.next_offset, "the previous commit had landed");
                 self.aggregates = Some(agg);
@@ -241,7 +229,7 @@ impl PartitionLog {
             .collect();
         let encoded = encode_epoch(spec, registry, &received_date, rows, &fresh)?;
         let (agg_adds, quar_adds, agg_rows) = self.tables.write(&self.storage, encoded).await?;
-        let mut out = EpochWritten {
+        let out = EpochWritten {
             objects: agg_adds
                 .iter()
                 .chain(quar_adds.iter())
@@ -287,17 +275,13 @@ impl PartitionLog {
             // A writer that a newer owner overtook must not touch the quarantine table either
             // (its progress there would then fence the newer owner): check the aggregates
             // table's progress first. The aggregates commit below checks it again, atomically.
-            let found = {
-                let t = &mut self.tables.aggregates;
-                t.update_state()
-                    .await
-                    .map_err(|e| delta::DeltaError::Table {
-                        table: Table::Aggregates.name(),
-                        storage: self.storage.url.clone(),
-                        source: Box::new(e),
-                    })?;
-                delta::progress(&self.storage, t, Table::Aggregates, &source).await?
-            };
+            let found = delta::current_progress(
+                &self.storage,
+                &mut self.tables.aggregates,
+                Table::Aggregates,
+                &source,
+            )
+            .await?;
             if found != self.aggregates {
                 self.inflight = None;
                 return Err(delta::DeltaError::Fenced {
@@ -354,7 +338,6 @@ impl PartitionLog {
             let _ = delete_object(&self.storage, &path).await;
         }
         self.last = cp;
-        out.objects.shrink_to_fit();
         Ok(out)
     }
 }
@@ -420,15 +403,14 @@ mod tests {
         async fn commit(
             &self,
             log: &mut PartitionLog,
-            range: (i64, i64),
+            next_offset: i64,
             rows: &[AggRow],
             quarantine: &[QuarantineRecord],
         ) -> Result<EpochWritten, SinkError> {
             log.commit(
                 &self.cfg.window,
                 &self.reg,
-                range.0,
-                range.1,
+                next_offset,
                 rows,
                 quarantine,
                 self.stage.snapshot(),
@@ -470,12 +452,7 @@ mod tests {
             .unwrap();
         assert_eq!(log.committed().next_offset, -1);
         let w = f
-            .commit(
-                &mut log,
-                (0, 10),
-                &[row(WS, 5)],
-                &[rejected(3), rejected(7)],
-            )
+            .commit(&mut log, 10, &[row(WS, 5)], &[rejected(3), rejected(7)])
             .await
             .unwrap();
         assert_eq!((w.agg_rows, w.quarantined), (1, 2));
@@ -498,37 +475,25 @@ mod tests {
         let mut zombie = PartitionLog::open(f.storage.clone(), "events", 2)
             .await
             .unwrap();
-        f.commit(&mut zombie, (0, 10), &[row(WS, 5)], &[])
-            .await
-            .unwrap();
+        f.commit(&mut zombie, 10, &[row(WS, 5)], &[]).await.unwrap();
         // The partition moves: the new owner starts from the zombie's last commit.
         let mut owner = PartitionLog::open(f.storage.clone(), "events", 2)
             .await
             .unwrap();
         assert_eq!(owner.committed().next_offset, 10);
-        f.commit(
-            &mut owner,
-            (10, 20),
-            &[row(WS + 900_000, 7)],
-            &[rejected(12)],
-        )
-        .await
-        .unwrap();
+        f.commit(&mut owner, 20, &[row(WS + 900_000, 7)], &[rejected(12)])
+            .await
+            .unwrap();
         // The zombie wakes up with records 10..15 it consumed before it was paused.
         let e = f
-            .commit(
-                &mut zombie,
-                (10, 15),
-                &[row(WS + 900_000, 3)],
-                &[rejected(12)],
-            )
+            .commit(&mut zombie, 15, &[row(WS + 900_000, 3)], &[rejected(12)])
             .await
             .unwrap_err();
         assert!(e.is_fenced() && e.is_permanent(), "{e}");
         assert!(e.to_string().contains("fenced"), "{e}");
         assert_eq!(f.totals().await, (12, 1));
         // The owner carries on.
-        f.commit(&mut owner, (20, 30), &[row(WS + 1_800_000, 1)], &[])
+        f.commit(&mut owner, 30, &[row(WS + 1_800_000, 1)], &[])
             .await
             .unwrap();
         assert_eq!(f.totals().await, (13, 1));
@@ -542,17 +507,15 @@ mod tests {
         let mut zombie = PartitionLog::open(f.storage.clone(), "events", 2)
             .await
             .unwrap();
-        f.commit(&mut zombie, (0, 10), &[row(WS, 5)], &[])
-            .await
-            .unwrap();
+        f.commit(&mut zombie, 10, &[row(WS, 5)], &[]).await.unwrap();
         let mut owner = PartitionLog::open(f.storage.clone(), "events", 2)
             .await
             .unwrap();
-        f.commit(&mut owner, (10, 20), &[row(WS + 900_000, 7)], &[])
+        f.commit(&mut owner, 20, &[row(WS + 900_000, 7)], &[])
             .await
             .unwrap();
         let e = f
-            .commit(&mut zombie, (10, 25), &[], &[rejected(22)])
+            .commit(&mut zombie, 25, &[], &[rejected(22)])
             .await
             .unwrap_err();
         assert!(e.is_fenced(), "{e}");
@@ -561,7 +524,7 @@ mod tests {
             (12, 0),
             "the zombie's rejection was not stored"
         );
-        f.commit(&mut owner, (20, 30), &[], &[rejected(22)])
+        f.commit(&mut owner, 30, &[], &[rejected(22)])
             .await
             .expect("the owner is not fenced by the zombie");
         assert_eq!(f.totals().await, (12, 1));
@@ -607,17 +570,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(log.committed().next_offset, -1);
-        f.commit(
-            &mut log,
-            (0, 10),
-            &[row(WS, 5)],
-            &[rejected(3), rejected(7)],
-        )
-        .await
-        .unwrap();
-        f.commit(&mut log, (10, 20), &[], &[rejected(11)])
+        f.commit(&mut log, 10, &[row(WS, 5)], &[rejected(3), rejected(7)])
             .await
             .unwrap();
+        f.commit(&mut log, 20, &[], &[rejected(11)]).await.unwrap();
         assert_eq!(f.totals().await, (5, 3));
     }
 
@@ -628,9 +584,7 @@ mod tests {
         let mut log = PartitionLog::open(f.storage.clone(), "events", 2)
             .await
             .unwrap();
-        f.commit(&mut log, (0, 10), &[row(WS, 5)], &[])
-            .await
-            .unwrap();
+        f.commit(&mut log, 10, &[row(WS, 5)], &[]).await.unwrap();
         let app = partition_source("events", 2);
         let t = delta::load(&f.storage, Table::Aggregates)
             .await

@@ -186,7 +186,7 @@ pub fn table_url(table: Table) -> Url {
     Url::parse(&format!("jinryu://store/{}", table.name())).expect("static url")
 }
 
-fn err(storage: &Storage, table: Table) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
+pub(crate) fn err(storage: &Storage, table: Table) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
     move |source| DeltaError::Table {
         table: table.name(),
         storage: storage.url.clone(),
@@ -373,21 +373,31 @@ pub async fn progress(
     which: Table,
     app: &str,
 ) -> Result<Option<Progress>, DeltaError> {
-    let e = err(storage, which);
-    let snap = table.snapshot().map_err(&e)?;
+    progress_of(table, app).await.map_err(err(storage, which))
+}
+
+async fn progress_of(table: &DeltaTable, app: &str) -> Result<Option<Progress>, DeltaTableError> {
+    let snap = table.snapshot()?;
     let ls = table.log_store();
-    let version = snap
-        .transaction_version(ls.as_ref(), app)
-        .await
-        .map_err(&e)?;
+    let version = snap.transaction_version(ls.as_ref(), app).await?;
     let token = snap
         .transaction_version(ls.as_ref(), token_app(app))
-        .await
-        .map_err(&e)?;
+        .await?;
     Ok(version.map(|version| Progress {
         version,
         token: token.unwrap_or(0),
     }))
+}
+
+/// The progress of `app` in the table at its latest version (the table is refreshed).
+pub async fn current_progress(
+    storage: &Storage,
+    table: &mut DeltaTable,
+    which: Table,
+    app: &str,
+) -> Result<Option<Progress>, DeltaError> {
+    table.update_state().await.map_err(err(storage, which))?;
+    progress(storage, table, which, app).await
 }
 
 /// What one commit does.
@@ -463,20 +473,15 @@ pub async fn commit(
     let started = std::time::Instant::now();
     let mut wait = std::time::Duration::from_millis(500);
     loop {
-        let attempt: Result<u64, DeltaTableError> = async {
+        let attempt: Result<Result<u64, Option<Progress>>, DeltaTableError> = async {
             table.update_state().await?;
-            let found = progress(storage, table, which, c.app)
-                .await
-                .map_err(|e| match e {
-                    DeltaError::Table { source, .. } => *source,
-                    other => DeltaTableError::Generic(other.to_string()),
-                })?;
+            let found = progress_of(table, c.app).await?;
             if found == Some(c.next) {
                 // An earlier attempt landed; its answer was lost.
-                return Ok(table.version().unwrap_or_default());
+                return Ok(Ok(table.version().unwrap_or_default()));
             }
             if found != c.expected {
-                return Err(DeltaTableError::Generic(format!("fenced: {}", show(found))));
+                return Ok(Err(found));
             }
             let snapshot = table.snapshot()?;
             let fin = CommitBuilder::from(props.clone())
@@ -485,14 +490,12 @@ pub async fn commit(
                 .await?;
             let v = fin.version();
             table.state = Some(fin.snapshot());
-            Ok(v)
+            Ok(Ok(v))
         }
         .await;
         match attempt {
-            Ok(v) => return Ok(v),
-            Err(DeltaTableError::Generic(m)) if m.starts_with("fenced: ") => {
-                return Err(fenced(m["fenced: ".len()..].to_string()));
-            }
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(found)) => return Err(fenced(show(found))),
             Err(DeltaTableError::Transaction {
                 source:
                     TransactionError::CommitConflict(
@@ -500,9 +503,8 @@ pub async fn commit(
                     ),
             }) => {
                 // Another commit carries our application id: ours (an attempt whose answer was
-                // lost; the loop's next read sees it) or a newer writer's.
-                table.update_state().await.map_err(&e)?;
-                let found = progress(storage, table, which, c.app).await?;
+                // lost) or a newer writer's.
+                let found = current_progress(storage, table, which, c.app).await?;
                 if found == Some(c.next) {
                     return Ok(table.version().unwrap_or_default());
                 }

@@ -17,20 +17,12 @@ use deltalake_core::{DeltaTableError, FilterOp, FilterValue};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use super::delta::{self, DeltaError, Table, who};
+use super::delta::{self, DeltaError, Table, err, who};
 use super::store::Storage;
 use crate::config::Config;
 use crate::window::time::partition_value;
 
 pub use crate::config::MIN_FILE_RETENTION_MS;
-
-fn err(storage: &Storage, table: Table) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
-    move |source| DeltaError::Table {
-        table: table.name(),
-        storage: storage.url.clone(),
-        source: Box::new(source),
-    }
-}
 
 /// What compacting one date did.
 #[derive(Debug, Clone, PartialEq, Eq)]

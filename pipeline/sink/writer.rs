@@ -346,12 +346,10 @@ impl SourceWriter {
         let mut before: BTreeMap<&'static str, Option<Progress>> = BTreeMap::new();
         for t in Table::ALL {
             let table = self.tables.get_mut(t);
-            table.update_state().await.map_err(|e| DeltaError::Table {
-                table: t.name(),
-                storage: storage.url.clone(),
-                source: Box::new(e),
-            })?;
-            before.insert(t.name(), delta::progress(&storage, table, t, source).await?);
+            before.insert(
+                t.name(),
+                delta::current_progress(&storage, table, t, source).await?,
+            );
         }
         let next = Progress {
             version: lines as i64,
