@@ -9,6 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jinryu::event::Decoder;
 use jinryu::simulate::load;
 use jinryu::window::WindowStage;
+use jinryu::window::dedup::{Dedup, Seen};
 
 const LINES: u64 = 100_000;
 const START_MS: i64 = 1_793_545_200_000; // 2026-11-02T00:00:00+09:00
@@ -55,6 +56,30 @@ fn bench(c: &mut Criterion) {
             black_box(rows.len())
         })
     });
+    g.finish();
+
+    // Retry memory of one sensor in one window: numbers in order (one range) against distinct
+    // numbers in random order (the issue #11 attack: quadratic before the interval set).
+    let n = 200_000u64;
+    let mut g = c.benchmark_group("dedup");
+    g.throughput(Throughput::Elements(n));
+    g.sample_size(10);
+    let sequential: Vec<u64> = (0..n).collect();
+    let random: Vec<u64> = (0..n)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20)
+        .collect();
+    for (name, seqs) in [("sequential", &sequential), ("random", &random)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut d = Dedup::default();
+                let mut new = 0u64;
+                for &s in seqs {
+                    new += u64::from(d.first_time(0, 0, s) != Seen::Retry);
+                }
+                black_box(new)
+            })
+        });
+    }
     g.finish();
 }
 

@@ -132,6 +132,7 @@ struct RawValidation {
 #[derive(Debug, Default, Deserialize)]
 struct RawSink {
     roll_rows: Option<usize>,
+    roll_quarantine_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,15 +212,55 @@ pub struct KafkaSettings {
     pub secrets: Vec<(String, Secret)>,
 }
 
-/// librdkafka properties that hold secrets: refused in `[kafka.properties]` (use the `*_env` /
-/// `*_file` keys) and masked wherever properties are shown.
-pub const SECRET_PROPERTIES: [&str; 5] = [
+/// The properties librdkafka itself marks sensitive (`_RK_SENSITIVE` in rdkafka_conf.c of the
+/// librdkafka 2.12 that rdkafka-sys builds), and their aliases. Refused in `[kafka.properties]`
+/// whatever their case (the `kafka.*_env` / `*_file` keys and `kafka.sasl_username`,
+/// `kafka.ssl_key_location` carry what jinryu supports) and masked wherever properties are shown.
+pub const SECRET_PROPERTIES: [&str; 15] = [
+    "sasl.username",
     "sasl.password",
+    "ssl.key.location",
     "ssl.key.password",
     "ssl.key.pem",
+    "ssl_key",
+    "ssl.ca.pem",
     "ssl.keystore.password",
+    "sasl.oauthbearer.config",
     "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.client.credentials.client.secret", // alias of the previous
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "ssl.keystore.location",
 ];
+
+/// librdkafka properties that make the process load or run code: plugin libraries, OpenSSL
+/// engines and providers, a shell command for Kerberos. Refused in `[kafka.properties]`: a
+/// configuration file must never be a way to run code as the service.
+pub const CODE_LOADING_PROPERTIES: [&str; 5] = [
+    "plugin.library.paths",
+    "ssl.engine.location",
+    "ssl.engine.id",
+    "ssl.providers",
+    "sasl.kerberos.kinit.cmd",
+];
+
+/// Whether a librdkafka property holds a secret (case-insensitive, aliases included).
+pub fn is_secret_property(key: &str) -> bool {
+    SECRET_PROPERTIES
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(key.trim()))
+}
+
+/// Whether `name` can be an environment variable's name (letters, digits, `_`, not starting with
+/// a digit). Anything else was probably the secret itself, written into a `*_env` key by mistake.
+fn env_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
 
 /// Validated `[service]`: the running service's clocks and its monitoring endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,7 +379,8 @@ pub struct Config {
     pub storage_url: String,
     pub window: WindowSpec,
     pub limits: Limits,
-    pub roll_rows: usize,
+    /// `[sink] roll_rows`, `roll_quarantine_bytes`: when buffers are committed.
+    pub roll: crate::driver::Roll,
     pub registry: SensorRegistry,
     /// `[kafka]`, if present.
     pub kafka: Option<KafkaSettings>,
@@ -549,10 +591,36 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
     if limits.max_count == 0 {
         problem(problems, "validation.max_count", "must be at least 1");
     }
+    if limits.max_count > u64::from(u32::MAX) {
+        problem(
+            problems,
+            "validation.max_count",
+            format!(
+                "{} is above 4294967295, the largest count the aggregates table holds per \
+                 message; a real sensor reports far less (the Chi-Ka-Ho default is 1000)",
+                limits.max_count
+            ),
+        );
+    }
 
-    let roll_rows = raw.sink.and_then(|s| s.roll_rows).unwrap_or(1_000_000);
-    if roll_rows == 0 {
+    let sink = raw.sink.unwrap_or_default();
+    let roll = crate::driver::Roll {
+        rows: sink.roll_rows.unwrap_or(1_000_000),
+        quarantine_bytes: sink.roll_quarantine_bytes.unwrap_or(8 << 20),
+    };
+    if roll.rows == 0 {
         problem(problems, "sink.roll_rows", "must be at least 1");
+    }
+    if roll.quarantine_bytes < limits.max_message_bytes {
+        problem(
+            problems,
+            "sink.roll_quarantine_bytes",
+            format!(
+                "{} is less than one message (validation.max_message_bytes = {}); the default is \
+                 8388608 (8 MiB)",
+                roll.quarantine_bytes, limits.max_message_bytes
+            ),
+        );
     }
 
     if raw.sensors.is_empty() {
@@ -652,7 +720,8 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
                 problems,
                 "alerts.webhook_url",
                 format!(
-                    "`{url}`: this build posts to http:// URLs only (no TLS yet); point it at an http relay on loopback"
+                    "`{}`: this build posts to http:// URLs only (no TLS yet); point it at an http relay on loopback",
+                    crate::alerts::route::shown_url(&url)
                 ),
             );
             None
@@ -697,7 +766,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         storage_url,
         window: WindowSpec::new(size_ms?, lateness_ms?, timezone?, closed),
         limits,
-        roll_rows,
+        roll,
         registry: SensorRegistry::new(sensors),
         kafka: kafka.flatten(),
         service: service?,
@@ -793,6 +862,16 @@ fn validate_kafka(k: RawKafka, problems: &mut Vec<ConfigProblem>) -> Option<Kafk
                 );
                 ok = false;
             }
+            (Some(e), None) if !env_name_ok(&e) => {
+                problem(
+                    problems,
+                    format!("kafka.{key}_env"),
+                    "must name an environment variable (letters, digits and _), e.g. \
+                     \"JINRYU_KAFKA_PASSWORD\"; what is written there is not shown, since it may \
+                     be the secret itself",
+                );
+                ok = false;
+            }
             (Some(e), None) => secrets.push((prop.to_string(), Secret::Env(e))),
             (None, Some(f)) => secrets.push((prop.to_string(), Secret::File(f.into()))),
             (None, None) => {}
@@ -800,12 +879,36 @@ fn validate_kafka(k: RawKafka, problems: &mut Vec<ConfigProblem>) -> Option<Kafk
     }
     for (key, value) in k.properties.unwrap_or_default() {
         let path = format!("kafka.properties.\"{key}\"");
-        if SECRET_PROPERTIES.contains(&key.as_str()) {
+        if is_secret_property(&key) {
             problem(
                 problems,
                 path,
-                "secrets do not belong in the configuration file; use sasl_password_env / \
-                 sasl_password_file or ssl_key_password_env / ssl_key_password_file",
+                "librdkafka treats this property as sensitive: it does not belong in the \
+                 configuration file (its value is not shown); use kafka.sasl_username, \
+                 sasl_password_env / sasl_password_file, ssl_key_location and \
+                 ssl_key_password_env / ssl_key_password_file",
+            );
+            ok = false;
+            continue;
+        }
+        if CODE_LOADING_PROPERTIES
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(key.trim()))
+        {
+            problem(
+                problems,
+                path,
+                "makes librdkafka load a library or run a command; jinryu refuses it (the \
+                 configuration must never be a way to run code as the service)",
+            );
+            ok = false;
+            continue;
+        }
+        if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            problem(
+                problems,
+                path,
+                "librdkafka property names are lower case (e.g. \"fetch.max.bytes\")",
             );
             ok = false;
             continue;

@@ -14,17 +14,30 @@ pub struct Driver {
     rows: Vec<AggRow>,
     quarantine: Vec<QuarantineRecord>,
     reasons: ReasonCounts,
-    roll_rows: usize,
+    /// Bytes the quarantine buffer holds (payloads, details), bounded by `roll_bytes`.
+    quarantine_bytes: usize,
+    roll: Roll,
+}
+
+/// When the buffers are full enough to commit an epoch (`[sink]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roll {
+    /// Aggregate rows plus quarantine records.
+    pub rows: usize,
+    /// Bytes of quarantined messages: a flood of large rejected messages is committed in parts
+    /// instead of filling memory.
+    pub quarantine_bytes: usize,
 }
 
 impl Driver {
-    pub fn new(stage: WindowStage, roll_rows: usize) -> Self {
+    pub fn new(stage: WindowStage, roll: Roll) -> Self {
         Driver {
             stage,
             rows: Vec::new(),
             quarantine: Vec::new(),
             reasons: ReasonCounts::default(),
-            roll_rows,
+            quarantine_bytes: 0,
+            roll,
         }
     }
 
@@ -38,6 +51,7 @@ impl Driver {
     /// Quarantines one rejected record.
     pub fn reject(&mut self, record: QuarantineRecord) {
         self.reasons.add(record.reason);
+        self.quarantine_bytes += record.buffered_bytes();
         self.quarantine.push(record);
     }
 
@@ -54,9 +68,11 @@ impl Driver {
         }
     }
 
-    /// The buffers reached `roll_rows`: the caller should commit an epoch now.
+    /// The buffers reached `roll_rows` or `roll_quarantine_bytes`: the caller should commit an
+    /// epoch now.
     pub fn roll_due(&self) -> bool {
-        self.rows.len() + self.quarantine.len() >= self.roll_rows
+        self.rows.len() + self.quarantine.len() >= self.roll.rows
+            || self.quarantine_bytes >= self.roll.quarantine_bytes
     }
 
     /// Something waits to be written (rows, quarantine records, or late data).
@@ -82,6 +98,7 @@ impl Driver {
 
     /// The sealed epoch, for a writer that takes and empties the buffers.
     pub fn epoch_mut(&mut self) -> (&mut Vec<AggRow>, &mut Vec<QuarantineRecord>) {
+        self.quarantine_bytes = 0;
         (&mut self.rows, &mut self.quarantine)
     }
 
@@ -89,6 +106,7 @@ impl Driver {
     pub fn committed(&mut self) {
         self.rows.clear();
         self.quarantine.clear();
+        self.quarantine_bytes = 0;
     }
 
     pub fn stage(&self) -> &WindowStage {
@@ -173,7 +191,13 @@ mod tests {
     fn driver(roll_rows: usize) -> Driver {
         let cfg = Config::chikaho("memory://");
         let stage = WindowStage::new(cfg.window.clone(), Arc::new(cfg.registry.clone()));
-        Driver::new(stage, roll_rows)
+        Driver::new(
+            stage,
+            Roll {
+                rows: roll_rows,
+                quarantine_bytes: cfg.roll.quarantine_bytes,
+            },
+        )
     }
 
     fn rejected(position: u64) -> QuarantineRecord {

@@ -34,6 +34,8 @@ pub struct Report {
     pub late: u64,
     /// Retries of an already counted message.
     pub duplicates: u64,
+    /// Ranges of retry memory forgotten (sequence numbers scattered beyond the bound per window).
+    pub retry_memory_forgotten: u64,
     pub quarantined: u64,
     pub quarantine_reasons: std::collections::BTreeMap<&'static str, u64>,
     /// People in the counted messages.
@@ -139,10 +141,7 @@ pub async fn ingest(
     } else {
         input
     };
-    let mut driver = Driver::new(
-        WindowStage::new(cfg.window.clone(), registry),
-        cfg.roll_rows,
-    );
+    let mut driver = Driver::new(WindowStage::new(cfg.window.clone(), registry), cfg.roll);
     let mut rx = file::spawn(input, decoder, opts.workers);
 
     let mut report = Report {
@@ -206,6 +205,7 @@ pub async fn ingest(
     report.counted = stats.counted;
     report.late = stats.late;
     report.duplicates = stats.duplicates;
+    report.retry_memory_forgotten = stats.retry_memory_forgotten;
     report.people = stats.people;
     report.quarantined = driver.reasons().total();
     report.quarantine_reasons = driver.reasons().0.clone();

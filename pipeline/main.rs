@@ -365,6 +365,14 @@ fn print_report(r: &Report) {
         "accepted     {} ({} counted, {} of them late; {} retries counted once)",
         r.accepted, r.counted, r.late, r.duplicates
     );
+    if r.retry_memory_forgotten > 0 {
+        println!(
+            "retry memory {} ranges forgotten: sequence numbers arrived scattered beyond {} \
+             ranges per sensor and window (a retry of a forgotten number would count again)",
+            r.retry_memory_forgotten,
+            jinryu::window::dedup::MAX_RANGES
+        );
+    }
     println!("people       {}", r.people);
     print!("quarantined  {}", r.quarantined);
     if !r.quarantine_reasons.is_empty() {
@@ -559,7 +567,12 @@ async fn run_checks(
 async fn run_service(cfg: Config) -> anyhow::Result<()> {
     let storage = Storage::open(&cfg.storage_url)?;
     let metrics = jinryu::service::metrics_for(&cfg);
-    let addr = jinryu::service::metrics::serve(metrics.clone(), cfg.service.listen).await?;
+    let addr = jinryu::service::metrics::serve(
+        metrics.clone(),
+        cfg.service.listen,
+        jinryu::service::metrics::ListenerLimits::default(),
+    )
+    .await?;
     eprintln!("jinryu run: /healthz and /metrics on http://{addr}");
     tokio::spawn(jinryu::service::watch(cfg.clone(), metrics.clone()));
     tokio::spawn(jinryu::service::maintain(

@@ -1,12 +1,17 @@
-//! Quarantine: where every rejected message goes, with its reason, its position in the input and a
-//! bounded copy of its bytes. Nothing is dropped silently; the run report counts each reason.
+//! Quarantine: where every rejected message goes, with its reason, its position in the input and
+//! its bytes — whole up to `validation.max_message_bytes`, so a fixed message can be re-ingested
+//! from the table; a message over the limit keeps its first `max_message_bytes`. Nothing is dropped
+//! silently; the run report counts each reason.
 
 use std::collections::BTreeMap;
 
 use crate::event::{Reason, Rejection};
 
-/// Bytes of a rejected message kept in the quarantine table.
-pub const PAYLOAD_KEEP_BYTES: usize = 1024;
+/// The bytes of a rejected message the quarantine table keeps: all of them up to
+/// `max_message_bytes` (`validation.max_message_bytes`), else that many from the start.
+pub fn kept(payload: &[u8], max_message_bytes: usize) -> &[u8] {
+    &payload[..payload.len().min(max_message_bytes)]
+}
 
 /// One rejected message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +24,7 @@ pub struct QuarantineRecord {
     pub position: u64,
     pub reason: Reason,
     pub detail: String,
-    /// The first [`PAYLOAD_KEEP_BYTES`] bytes of the message, as received.
+    /// The message as received, whole up to `max_message_bytes` (see [`kept`]).
     pub payload: Vec<u8>,
     /// Full size of the message.
     pub payload_bytes: u64,
@@ -27,6 +32,13 @@ pub struct QuarantineRecord {
 }
 
 impl QuarantineRecord {
+    /// Bytes this record holds in memory while it waits for its commit (what the driver bounds).
+    pub fn buffered_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.source.len() + self.detail.len() + self.payload.len()
+    }
+
+    /// `payload` is what the table keeps (callers bound it with [`kept`]); `payload_bytes` the
+    /// message's full size.
     pub fn new(
         source: &str,
         partition: Option<i64>,
@@ -42,7 +54,7 @@ impl QuarantineRecord {
             position,
             reason: rejection.reason,
             detail: rejection.detail,
-            payload: payload[..payload.len().min(PAYLOAD_KEEP_BYTES)].to_vec(),
+            payload: payload.to_vec(),
             payload_bytes,
             received_at_ms,
         }

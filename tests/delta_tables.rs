@@ -15,7 +15,7 @@ use jinryu::sink::store::Storage;
 /// A file-backed storage with 3 simulated days ingested in many small files per date.
 async fn ingested(dir: &Path) -> (Config, Storage, jinryu::simulate::Truth) {
     let mut cfg = Config::chikaho(&format!("file://{}/data", dir.display()));
-    cfg.roll_rows = 400;
+    cfg.roll.rows = 400;
     let storage = Storage::open(&cfg.storage_url).unwrap();
     let (stream, truth) = support::simulated(3, true);
     let r = ingest(

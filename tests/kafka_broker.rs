@@ -213,6 +213,15 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Every other round lets an epoch land first, so that services with progress are killed
+        // too however slow the machine is (random delays alone could all fall before the first
+        // commit on a loaded CI machine).
+        if i % 2 == 1 {
+            let t1 = Instant::now();
+            while case.committed().await <= before && t1.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         // Killed at a random moment while consuming or writing an epoch.
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..2500))).await;
         kill9(&mut child);

@@ -16,7 +16,7 @@ async fn spark_reads_the_tables_and_agrees_with_jinryu() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     let mut cfg = Config::chikaho(&format!("file://{}", root.display()));
-    cfg.roll_rows = 2000;
+    cfg.roll.rows = 2000;
     let storage = Storage::open(&cfg.storage_url).unwrap();
     let (stream, truth) = support::simulated(3, true);
     let half = support::join_lines(&support::lines(&stream)[..1000]);

@@ -82,11 +82,13 @@ pub fn write(
         } else {
             "ended"
         };
+        // The cause quotes device text (fault codes): kept from being evaluated as a formula.
+        let safe = crate::jobs::formula_safe;
         w.write_record([
             occurred.as_str(),
             "",
-            &what(a),
-            &cause,
+            &safe(&what(a)),
+            &safe(&cause),
             "",
             &duration,
             &due.to_string(),

@@ -70,7 +70,12 @@ pub fn route(
         }
     }
     if let Some(w) = webhook {
-        let agent = ureq::AgentBuilder::new().timeout(w.timeout).build();
+        // Redirects are not followed: a 3xx would be re-sent as a GET without the alert, and
+        // counted as delivered. Only a 2xx answer is a delivery.
+        let agent = ureq::AgentBuilder::new()
+            .timeout(w.timeout)
+            .redirects(0)
+            .build();
         for a in alerts {
             let body = serde_json::to_string(a).expect("alert serialises");
             let mut last_err = String::new();
@@ -84,11 +89,21 @@ pub fn route(
                     .set("Content-Type", "application/json")
                     .send_string(&body)
                 {
-                    Ok(_) => {
+                    Ok(r) if (200..300).contains(&r.status()) => {
                         ok = true;
                         break;
                     }
-                    Err(e) => last_err = e.to_string(),
+                    Ok(r) => {
+                        last_err = format!(
+                            "HTTP status {} (only 2xx counts as delivered; redirects are not followed)",
+                            r.status()
+                        )
+                    }
+                    // ureq's own messages quote the URL, credentials included: not used.
+                    Err(ureq::Error::Status(code, _)) => last_err = format!("HTTP status {code}"),
+                    Err(ureq::Error::Transport(t)) => {
+                        last_err = format!("{:?}: {}", t.kind(), t.message().unwrap_or("no detail"))
+                    }
                 }
             }
             if ok {
@@ -97,10 +112,55 @@ pub fn route(
                 d.webhook_failed += 1;
                 d.errors.push(format!(
                     "webhook {}: alert {} not delivered after {} attempts: {last_err}",
-                    w.url, a.id, w.attempts
+                    shown_url(&w.url),
+                    a.id,
+                    w.attempts
                 ));
             }
         }
     }
     d
+}
+
+/// A URL as logs and errors show it: without user info, query or fragment, which may carry
+/// credentials (`https://user:pass@host/hook?token=...` → `https://host/hook?…`).
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let hidden = u.query().is_some() || u.fragment().is_some();
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            let mut s = u.to_string();
+            if hidden {
+                s.push_str("?…");
+            }
+            s
+        }
+        Err(_) => "(a URL that does not parse; not shown)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        for url in [
+            "http://alice:s3cret-pw@127.0.0.1:9000/hook?token=s3cret-tok#s3cret-frag",
+            "https://s3cret-pw@example.org/hook?s3cret-tok",
+            "http:// s3cret-pw not a url",
+        ] {
+            let shown = shown_url(url);
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(!shown.contains("alice"), "{shown}");
+        }
+        assert_eq!(
+            shown_url("http://u:p@127.0.0.1:9000/hook?t=1"),
+            "http://127.0.0.1:9000/hook?…"
+        );
+        assert_eq!(shown_url("http://127.0.0.1/hook"), "http://127.0.0.1/hook");
+    }
 }

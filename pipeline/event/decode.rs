@@ -222,7 +222,9 @@ impl Decoder {
                 "`count` must be at least 1, got 0",
             ));
         }
-        if value > self.limits.max_count {
+        // max_count is at most u32::MAX (config validation); the conversion refuses anything more.
+        let fits = u32::try_from(value).ok();
+        if value > self.limits.max_count || fits.is_none() {
             return Err(Rejection::new(
                 Reason::CountTooLarge,
                 format!(
@@ -232,7 +234,7 @@ impl Decoder {
                 ),
             ));
         }
-        Ok(value as u32)
+        Ok(fits.unwrap_or(u32::MAX))
     }
 
     fn timestamp(&self, raw: &str, now_ms: i64) -> Result<i64, Rejection> {

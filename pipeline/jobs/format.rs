@@ -236,19 +236,25 @@ impl Format {
                 ));
             }
         }
-        for (what, fmt) in [
-            ("date_format", &self.date_format),
-            ("time_format", &self.time_format),
-        ] {
-            let probe = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
-                .unwrap()
-                .and_hms_opt(3, 4, 5)
-                .unwrap();
-            use std::fmt::Write;
-            let mut s = String::new();
-            if write!(s, "{}", probe.format(fmt)).is_err() {
-                return Err(format!("{what} `{fmt}` is not a valid strftime format"));
-            }
+        // Each format is tried on the kind of value it renders: a date has no hour, a time of day
+        // no year (chrono reports such a format as an error at render time, which used to panic).
+        use std::fmt::Write;
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 1, 2).expect("date");
+        let time = chrono::NaiveTime::from_hms_opt(3, 4, 5).expect("time");
+        let mut s = String::new();
+        if write!(s, "{}", date.format(&self.date_format)).is_err() {
+            return Err(format!(
+                "date_format `{}` cannot render a date (it must use date fields only, e.g. \
+                 \"%Y/%m/%d\"; %H, %M, %S are for time_format)",
+                self.date_format
+            ));
+        }
+        if write!(s, "{}", time.format(&self.time_format)).is_err() {
+            return Err(format!(
+                "time_format `{}` cannot render a time of day (it must use time fields only, \
+                 e.g. \"%H:%M\"; %Y, %m, %d are for date_format)",
+                self.time_format
+            ));
         }
         if !self.file_name.ends_with(".csv") || self.file_name.contains('/') {
             return Err(format!(

@@ -332,7 +332,19 @@ pub async fn query(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec<Record
     Ok(df.collect().await?)
 }
 
-/// Writes batches as CSV (header from the schema, NULL as an empty cell).
+/// A text cell made safe for a spreadsheet (OWASP "CSV injection"): text that starts with `=`,
+/// `+`, `-`, `@`, a tab or a carriage return is prefixed with `'`, so Excel or LibreOffice show it
+/// instead of evaluating it as a formula. Applied to text that a device or a user can choose
+/// (fault codes, quarantined payloads, alert details), never to numbers.
+pub fn formula_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{text}").into(),
+        _ => text.into(),
+    }
+}
+
+/// Writes batches as CSV (header from the schema, NULL as an empty cell). Text and binary
+/// columns go through [`formula_safe`]; numbers, times and booleans are written as they are.
 pub fn write_csv<W: std::io::Write>(
     out: W,
     batches: &[RecordBatch],
@@ -361,9 +373,35 @@ pub fn write_csv<W: std::io::Write>(
             .iter()
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
             .collect::<Result<Vec<_>, _>>()?;
+        let text: Vec<bool> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                matches!(
+                    c.data_type(),
+                    DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                        | DataType::Binary
+                        | DataType::LargeBinary
+                        | DataType::BinaryView
+                        | DataType::Dictionary(..)
+                        | DataType::List(_)
+                        | DataType::Struct(_)
+                        | DataType::Map(..)
+                )
+            })
+            .collect();
         for row in 0..b.num_rows() {
             record.clear();
-            record.extend(fmts.iter().map(|f| f.value(row).to_string()));
+            record.extend(fmts.iter().zip(&text).map(|(f, &text)| {
+                let v = f.value(row).to_string();
+                if text {
+                    formula_safe(&v).into_owned()
+                } else {
+                    v
+                }
+            }));
             w.write_record(&record)?;
         }
     }

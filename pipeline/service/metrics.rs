@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -337,28 +337,82 @@ impl Metrics {
     }
 }
 
+/// Limits of the `/healthz` `/metrics` listener. A scraper or a load balancer's probe needs one
+/// short connection; anything slower or more numerous is closed, so that a slow-header client,
+/// a connection flood or a file-descriptor shortage cannot take the endpoint (or the process's
+/// descriptors, which Kafka and storage sockets share) away.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: std::time::Duration,
+    /// Longest life of one connection (keep-alive included).
+    pub connection_lifetime: std::time::Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: 64,
+            header_read_timeout: std::time::Duration::from_secs(5),
+            connection_lifetime: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
 /// Binds `addr` now (so a busy port is reported at start) and serves until the runtime ends.
-pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    addr: SocketAddr,
+    limits: ListenerLimits,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {addr} for /healthz and /metrics: {e}; set service.listen to a free address"
         )
     })?;
     let local = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(10);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = std::time::Duration::from_millis(10);
+                    stream
+                }
+                Err(e) => {
+                    // Typically EMFILE: out of file descriptors. Retrying at once would spin a
+                    // core; wait (up to 1 s) for connections to close.
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot accept a /healthz or /metrics connection");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream); // over the cap: closed at once
                 continue;
             };
             let m = metrics.clone();
             tokio::spawn(async move {
+                // A client that connects and sends nothing holds a slot for the header timeout
+                // at most (hyper's own timer starts with the first request line).
+                let first = tokio::time::timeout(limits.header_read_timeout, stream.readable());
+                if !matches!(first.await, Ok(Ok(()))) {
+                    return;
+                }
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let m = m.clone();
                     async move { Ok::<_, Infallible>(m.respond(req.uri().path())) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(limits.connection_lifetime, conn).await;
+                drop(slot);
             });
         }
     });

@@ -57,7 +57,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::{Config, SensorRegistry};
 use crate::driver::{Clocks, Driver, Timing, epoch_due, quiet_advance};
 use crate::event::{Decoder, Event, Rejection};
-use crate::quarantine::QuarantineRecord;
+use crate::quarantine::{QuarantineRecord, kept};
 use crate::sink::checkpoint::{PartitionLog, PartitionTotals};
 use crate::sink::store::Storage;
 use crate::sink::writer::SinkError;
@@ -314,7 +314,7 @@ impl Shared {
             next: cp.next_offset,
             totals: cp.totals.clone(),
             log,
-            driver: Driver::new(stage, self.cfg.roll_rows),
+            driver: Driver::new(stage, self.cfg.roll),
             last_input: Instant::now(),
             last_commit: Instant::now(),
             dirty: false,
@@ -455,7 +455,7 @@ impl Shared {
                     Some(i64::from(p.id)),
                     offset as u64,
                     rejection,
-                    bytes,
+                    kept(bytes, self.decoder.limits().max_message_bytes),
                     bytes.len() as u64,
                     now,
                 ));
@@ -709,7 +709,7 @@ pub fn run(
     .map_err(anyhow::Error::msg)?;
     let consumer: GroupConsumer = client
         .create_with_context(kafka::consumer::Ctx(shared.clone()))
-        .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
+        .map_err(|e| anyhow::anyhow!(kafka::client_error("consumer", &settings, &e)))?;
     consumer
         .subscribe(&[&settings.topic])
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {}: {e}", settings.topic))?;

@@ -75,7 +75,7 @@ pub fn publish(
     )
     .map_err(anyhow::Error::msg)?
     .create_with_context(Ctx(acks.clone()))
-    .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))?;
+    .map_err(|e| anyhow::anyhow!(crate::source::kafka::client_error("producer", settings, &e)))?;
     let t0 = Instant::now();
     let mut last_log = Instant::now();
     let mut sent = 0u64;

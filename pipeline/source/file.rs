@@ -13,7 +13,7 @@ use std::thread;
 use tokio::sync::mpsc;
 
 use crate::event::{Decoder, Event, Reason, Rejection};
-use crate::quarantine::PAYLOAD_KEEP_BYTES;
+use crate::quarantine::kept;
 
 /// Bytes per chunk handed to a decoder thread.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -24,7 +24,7 @@ pub enum Decoded {
     Event(Event),
     Rejected {
         rejection: Rejection,
-        /// First bytes of the line (at most [`PAYLOAD_KEEP_BYTES`]).
+        /// The line, whole up to `max_message_bytes` (see [`kept`]).
         payload: Box<[u8]>,
         /// Full length of the line.
         len: u64,
@@ -61,7 +61,7 @@ fn decode_line(decoder: &Decoder, line: &[u8], now_ms: i64) -> Decoded {
         Ok(ev) => Decoded::Event(ev),
         Err(rejection) => Decoded::Rejected {
             rejection,
-            payload: line[..line.len().min(PAYLOAD_KEEP_BYTES)].into(),
+            payload: kept(line, decoder.limits().max_message_bytes).into(),
             len: line.len() as u64,
         },
     }
@@ -113,6 +113,7 @@ pub fn spawn(
 ) -> mpsc::Receiver<std::io::Result<DecodedChunk>> {
     let workers = workers.max(1);
     let (out_tx, out_rx) = mpsc::channel(4);
+    let keep = decoder.limits().max_message_bytes;
     let mut job_txs = Vec::new();
     let mut res_rxs = Vec::new();
     for _ in 0..workers {
@@ -148,7 +149,7 @@ pub fn spawn(
     drop(out_tx);
     // Reader: deals chunks of whole lines to the workers in turn.
     thread::spawn(move || {
-        let result = read_chunks(input, &job_txs);
+        let result = read_chunks(input, &job_txs, keep);
         drop(job_txs);
         let _ = count_tx.send(result.err());
     });
@@ -158,6 +159,7 @@ pub fn spawn(
 fn read_chunks(
     mut input: Box<dyn Read + Send>,
     jobs: &[std_mpsc::SyncSender<Job>],
+    keep: usize,
 ) -> std::io::Result<()> {
     let mut dealt = 0usize;
     let mut line_no = 1u64;
@@ -219,7 +221,7 @@ fn read_chunks(
                 Some(i) => i + 1,
                 None if buf.len() >= CHUNK_BYTES => {
                     // One line already longer than a chunk: keep its head, skip the rest.
-                    let prefix = buf[..PAYLOAD_KEEP_BYTES.min(buf.len())].to_vec();
+                    let prefix = kept(&buf, keep).to_vec();
                     overlong = Some((prefix, buf.len() as u64));
                     buf.clear();
                     continue;

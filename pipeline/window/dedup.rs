@@ -1,52 +1,108 @@
 //! Retry detection: the same `(sensor, seq)` twice counts once.
 //!
-//! Seen sequence numbers are kept per (sensor, window) as sorted ranges — a sensor's numbers are
+//! Seen sequence numbers are kept per (sensor, window) as an interval set — a sensor's numbers are
 //! increasing, so a window usually holds a single range and the state stays tiny. Keying by window
 //! means a gateway that restarts its numbering is not mistaken for a flood of retries (its new
 //! events carry new times), while a genuine retry (same message, same time, same window) is caught.
 //! State is kept for `horizon` after the window became final, then forgotten.
+//!
+//! Cost and size are bounded whatever a device sends: each lookup and insert is O(log n) in the
+//! number of ranges (a `BTreeMap` keyed by range start), and one (sensor, window) holds at most
+//! [`MAX_RANGES`] ranges. Numbers that arrive in order extend the last range and never reach the
+//! bound. Beyond it (numbers scattered at random) the *lowest* range is forgotten: counting stays
+//! exact for numbers that are new, and only a retry of a forgotten number would be counted again.
+//! Every forgotten range is counted ([`Seen::NewForgot`]) so the operator can see it happened.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// Sorted, disjoint, non-adjacent inclusive ranges of seen sequence numbers.
+/// Most ranges one (sensor, window) keeps (16 bytes each in memory, about 40 in a checkpoint).
+pub const MAX_RANGES: usize = 4096;
+
+/// What [`SeqRanges::insert`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A number not seen before.
+    New,
+    /// A number seen before: a retry.
+    Retry,
+    /// A number not seen before; keeping it pushed the set past [`MAX_RANGES`], so the lowest
+    /// range was forgotten.
+    NewForgot,
+}
+
+/// Disjoint, non-adjacent inclusive ranges of seen sequence numbers, by start.
 #[derive(Debug, Default, Clone)]
-pub struct SeqRanges(Vec<(u64, u64)>);
+pub struct SeqRanges(BTreeMap<u64, u64>);
 
 impl SeqRanges {
-    /// Records `seq`; false if it was already there.
-    pub fn insert(&mut self, seq: u64) -> bool {
-        let r = &mut self.0;
-        // Fast path: the next number of the last range.
-        if let Some(last) = r.last_mut() {
-            if seq == last.1.wrapping_add(1) && last.1 != u64::MAX {
-                last.1 = seq;
-                return true;
-            }
-            if seq >= last.0 && seq <= last.1 {
-                return false;
-            }
+    /// Ranges as written by [`SeqRanges::ranges`] (sorted, disjoint; adjacent ones are merged).
+    pub fn from_ranges(ranges: &[(u64, u64)]) -> SeqRanges {
+        let mut r = SeqRanges::default();
+        for &(a, b) in ranges {
+            r.insert_range(a, b.max(a));
         }
-        // Index of the first range starting after seq.
-        let i = r.partition_point(|&(a, _)| a <= seq);
-        if i > 0 && seq <= r[i - 1].1 {
-            return false;
-        }
-        let joins_prev = i > 0 && r[i - 1].1 + 1 == seq;
-        let joins_next = i < r.len() && seq + 1 == r[i].0;
-        match (joins_prev, joins_next) {
-            (true, true) => {
-                r[i - 1].1 = r[i].1;
-                r.remove(i);
-            }
-            (true, false) => r[i - 1].1 = seq,
-            (false, true) => r[i].0 = seq,
-            (false, false) => r.insert(i, (seq, seq)),
-        }
-        true
+        r
     }
 
-    pub fn ranges(&self) -> &[(u64, u64)] {
-        &self.0
+    fn insert_range(&mut self, a: u64, b: u64) {
+        // Only used on restore, where input is sorted and disjoint; merge with a touching neighbour.
+        if let Some((_, end)) = self.0.range_mut(..a).next_back()
+            && end.checked_add(1).is_some_and(|n| n >= a)
+        {
+            *end = (*end).max(b);
+            return;
+        }
+        self.0.insert(a, b);
+    }
+
+    /// Records `seq`.
+    #[inline]
+    pub fn insert(&mut self, seq: u64) -> Seen {
+        let r = &mut self.0;
+        // The range starting at or before seq, if any.
+        let mut joins_prev = None;
+        if let Some((&a, end)) = r.range_mut(..=seq).next_back() {
+            if seq <= *end {
+                return Seen::Retry;
+            }
+            if *end + 1 == seq {
+                joins_prev = Some(a);
+            }
+        }
+        let next = seq.checked_add(1).and_then(|n| r.remove_entry(&n));
+        match (joins_prev, next) {
+            (Some(a), Some((_, b))) => {
+                r.insert(a, b);
+            }
+            (Some(a), None) => {
+                r.insert(a, seq);
+            }
+            (None, Some((_, b))) => {
+                r.insert(seq, b);
+            }
+            (None, None) => {
+                r.insert(seq, seq);
+                if r.len() > MAX_RANGES {
+                    r.pop_first();
+                    return Seen::NewForgot;
+                }
+            }
+        }
+        Seen::New
+    }
+
+    /// The ranges, sorted.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.0.iter().map(|(&a, &b)| (a, b)).collect()
+    }
+
+    /// Number of ranges held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -60,9 +116,9 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    /// Records `(sensor, seq)` of an event in window `window_start`; false for a retry.
+    /// Records `(sensor, seq)` of an event in window `window_start`.
     #[inline]
-    pub fn first_time(&mut self, sensor: u32, window_start: i64, seq: u64) -> bool {
+    pub fn first_time(&mut self, sensor: u32, window_start: i64, seq: u64) -> Seen {
         if self.seen.is_empty() || window_start < self.oldest {
             self.oldest = window_start;
         }
@@ -82,16 +138,19 @@ impl Dedup {
     }
 
     /// Every held entry: (sensor, window start, seen ranges), for checkpoints.
-    pub fn entries(&self) -> impl Iterator<Item = (u32, i64, &[(u64, u64)])> {
+    pub fn entries(&self) -> impl Iterator<Item = (u32, i64, Vec<(u64, u64)>)> + '_ {
         self.seen.iter().map(|(&(s, ws), r)| (s, ws, r.ranges()))
     }
 
-    /// Restores one entry of a checkpoint (ranges as written by [`Dedup::entries`]).
-    pub fn restore(&mut self, sensor: u32, window_start: i64, ranges: Vec<(u64, u64)>) {
+    /// Restores one entry of a checkpoint (ranges as written by [`Dedup::entries`]). A checkpoint
+    /// written before the bound existed may hold more than [`MAX_RANGES`]: the lowest are dropped.
+    pub fn restore(&mut self, sensor: u32, window_start: i64, ranges: &[(u64, u64)]) {
         if self.seen.is_empty() || window_start < self.oldest {
             self.oldest = window_start;
         }
-        self.seen.insert((sensor, window_start), SeqRanges(ranges));
+        let keep = &ranges[ranges.len().saturating_sub(MAX_RANGES)..];
+        self.seen
+            .insert((sensor, window_start), SeqRanges::from_ranges(keep));
     }
 
     /// Number of (sensor, window) entries held.
@@ -110,39 +169,119 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
+    fn covered(r: &SeqRanges) -> BTreeSet<u64> {
+        r.ranges().iter().flat_map(|&(a, b)| a..=b).collect()
+    }
+
     proptest! {
         #[test]
         fn ranges_behave_like_a_set(seqs in proptest::collection::vec(0u64..200, 0..400)) {
             let mut r = SeqRanges::default();
             let mut set = BTreeSet::new();
             for s in seqs {
-                prop_assert_eq!(r.insert(s), set.insert(s));
+                let expect = if set.insert(s) { Seen::New } else { Seen::Retry };
+                prop_assert_eq!(r.insert(s), expect);
             }
             // Ranges are sorted, disjoint, non-adjacent and cover exactly the set.
-            let covered: BTreeSet<u64> = r.ranges().iter().flat_map(|&(a, b)| a..=b).collect();
-            prop_assert_eq!(covered, set);
+            prop_assert_eq!(covered(&r), set);
             prop_assert!(r.ranges().windows(2).all(|w| w[0].1 + 1 < w[1].0));
+            // A checkpoint round trip keeps the same set.
+            prop_assert_eq!(SeqRanges::from_ranges(&r.ranges()).ranges(), r.ranges());
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Past the bound, the lowest ranges are forgotten and nothing else changes: new numbers
+        /// are always new, retries of kept numbers are still caught.
+        #[test]
+        fn bound_forgets_only_the_lowest(seqs in proptest::collection::vec(0u64..40_000, 0..12_000)) {
+            let mut r = SeqRanges::default();
+            let mut set = BTreeSet::new();
+            let mut forgot = 0;
+            for s in seqs {
+                let was_kept = covered_contains(&r, s);
+                let got = r.insert(s);
+                if was_kept {
+                    prop_assert_eq!(got, Seen::Retry);
+                } else {
+                    prop_assert_ne!(got, Seen::Retry);
+                    forgot += u32::from(got == Seen::NewForgot);
+                }
+                set.insert(s);
+                prop_assert!(r.len() <= MAX_RANGES);
+            }
+            // What is kept is the top of the set: everything at or above the lowest kept number.
+            let kept = covered(&r);
+            if let Some(&low) = kept.first() {
+                prop_assert_eq!(kept, set.range(low..).copied().collect::<BTreeSet<_>>());
+            }
+            prop_assert!(forgot == 0 || r.len() == MAX_RANGES);
+        }
+    }
+
+    fn covered_contains(r: &SeqRanges, s: u64) -> bool {
+        r.ranges().iter().any(|&(a, b)| a <= s && s <= b)
     }
 
     #[test]
     fn contiguous_numbers_stay_one_range() {
         let mut r = SeqRanges::default();
         for s in 1000..2000 {
-            assert!(r.insert(s));
+            assert_eq!(r.insert(s), Seen::New);
         }
-        assert!(!r.insert(1500));
-        assert_eq!(r.ranges(), &[(1000, 1999)]);
+        assert_eq!(r.insert(1500), Seen::Retry);
+        assert_eq!(r.ranges(), vec![(1000, 1999)]);
+        // Filling a gap joins both neighbours; the extremes of u64 do not overflow.
+        let mut r = SeqRanges::default();
+        for s in [u64::MAX, 0, 2, u64::MAX - 1, 1] {
+            assert_eq!(r.insert(s), Seen::New);
+        }
+        assert_eq!(r.ranges(), vec![(0, 2), (u64::MAX - 1, u64::MAX)]);
+    }
+
+    #[test]
+    fn random_numbers_stay_bounded_and_in_order_ones_exact() {
+        // 3 x MAX_RANGES scattered numbers: the set stays at the bound.
+        let mut r = SeqRanges::default();
+        let mut forgot = 0;
+        for i in 0..(3 * MAX_RANGES as u64) {
+            let s = i.wrapping_mul(0x9E37_79B9_7F4A_7C15); // distinct, scattered
+            match r.insert(s) {
+                Seen::NewForgot => forgot += 1,
+                Seen::New => {}
+                Seen::Retry => panic!("{s} is new"),
+            }
+        }
+        assert_eq!(r.len(), MAX_RANGES);
+        assert_eq!(forgot, 2 * MAX_RANGES);
+        // In-order numbers after that extend one range and never forget anything.
+        for s in 10..100_000u64 {
+            assert_ne!(r.insert((1 << 40) + s), Seen::Retry);
+            assert!(r.len() <= MAX_RANGES);
+        }
+    }
+
+    #[test]
+    fn restore_keeps_the_highest_ranges_of_an_oversized_checkpoint() {
+        let ranges: Vec<(u64, u64)> = (0..MAX_RANGES as u64 + 10)
+            .map(|i| (i * 3, i * 3))
+            .collect();
+        let mut d = Dedup::default();
+        d.restore(0, 0, &ranges);
+        let (_, _, kept) = d.entries().next().unwrap();
+        assert_eq!(kept.len(), MAX_RANGES);
+        assert_eq!(kept[0], (30, 30));
     }
 
     #[test]
     fn expiry_forgets_old_windows_only() {
         let mut d = Dedup::default();
-        assert!(d.first_time(1, 0, 5));
-        assert!(d.first_time(1, 900_000, 6));
-        assert!(!d.first_time(1, 0, 5));
+        assert_eq!(d.first_time(1, 0, 5), Seen::New);
+        assert_eq!(d.first_time(1, 900_000, 6), Seen::New);
+        assert_eq!(d.first_time(1, 0, 5), Seen::Retry);
         d.expire(900_000);
         assert_eq!(d.len(), 1);
-        assert!(!d.first_time(1, 900_000, 6));
+        assert_eq!(d.first_time(1, 900_000, 6), Seen::Retry);
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::config::{MAX_DIRECTIONS, SensorRegistry};
 use crate::event::{Event, EventKind};
-use dedup::Dedup;
+use dedup::{Dedup, Seen};
 use time::WindowSpec;
 
 /// How long (event time) retry detection remembers a window after it became final.
@@ -126,6 +126,11 @@ pub struct WindowStats {
     pub late: u64,
     pub duplicates: u64,
     pub people: u64,
+    /// Ranges of seen sequence numbers forgotten because one (sensor, window) held more than
+    /// [`dedup::MAX_RANGES`] (numbers scattered at random); a retry of a forgotten number would
+    /// count again.
+    #[serde(default)]
+    pub retry_memory_forgotten: u64,
 }
 
 /// The window state of one input partition.
@@ -193,11 +198,15 @@ impl WindowStage {
     /// Counts one validated event.
     pub fn push(&mut self, ev: &Event) -> Admit {
         let ws = self.window_of(ev.ts_ms);
-        if let Some(seq) = ev.seq
-            && !self.dedup.first_time(ev.sensor, ws, seq)
-        {
-            self.stats.duplicates += 1;
-            return Admit::Duplicate;
+        if let Some(seq) = ev.seq {
+            match self.dedup.first_time(ev.sensor, ws, seq) {
+                Seen::New => {}
+                Seen::Retry => {
+                    self.stats.duplicates += 1;
+                    return Admit::Duplicate;
+                }
+                Seen::NewForgot => self.forgot_retry_memory(ev.sensor, ws),
+            }
         }
         if let EventKind::Count { count, .. } = ev.kind {
             self.stats.people += u64::from(count);
@@ -227,6 +236,24 @@ impl WindowStage {
             self.data_time = ev.ts_ms;
         }
         admit
+    }
+
+    /// Counts a forgotten range of retry memory; logs the 1st, 2nd, 4th, 8th ... time.
+    #[cold]
+    fn forgot_retry_memory(&mut self, sensor: u32, ws: i64) {
+        self.stats.retry_memory_forgotten += 1;
+        let n = self.stats.retry_memory_forgotten;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                sensor = %self.registry.get(sensor).id,
+                window_start_ms = ws,
+                forgotten_so_far = n,
+                "sequence numbers arrive scattered: more than {} separate ranges in one window; \
+                 the lowest are forgotten (new numbers still count once, a retry of a forgotten \
+                 one would count again) — check the gateway's seq numbering",
+                dedup::MAX_RANGES
+            );
+        }
     }
 
     /// Moves event time forward without an event (wall clock / idle timeout in the service).
@@ -364,7 +391,8 @@ mod tests {
                 counted: 2,
                 late: 1,
                 duplicates: 2,
-                people: 2
+                people: 2,
+                retry_memory_forgotten: 0,
             }
         );
     }

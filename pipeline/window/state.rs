@@ -125,7 +125,7 @@ impl WindowStage {
             .map(|(s, ws, r)| SeenState {
                 sensor: reg.get(s).id.clone(),
                 window_start: ws,
-                ranges: r.to_vec(),
+                ranges: r,
             })
             .collect();
         seen.sort_by(|a, b| (a.window_start, &a.sensor).cmp(&(b.window_start, &b.sensor)));
@@ -175,7 +175,7 @@ impl WindowStage {
         // A removed sensor's retry memory is not needed: its events are quarantined now.
         for e in &state.seen {
             if let Some(s) = registry.lookup(&e.sensor) {
-                stage.dedup.restore(s, e.window_start, e.ranges.clone());
+                stage.dedup.restore(s, e.window_start, &e.ranges);
             }
         }
         Ok(stage)

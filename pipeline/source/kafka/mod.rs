@@ -9,7 +9,7 @@ pub mod consumer;
 
 use rdkafka::ClientConfig;
 
-use crate::config::{KafkaSettings, SECRET_PROPERTIES};
+use crate::config::{KafkaSettings, is_secret_property};
 use crate::event::{Decoder, Event, Reason, Rejection};
 
 /// librdkafka configuration for `settings`, plus `extra` properties (consumer or producer ones).
@@ -33,6 +33,36 @@ pub fn client_config(
         c.set(prop, value);
     }
     Ok(c)
+}
+
+/// Why librdkafka refused to create a client, without any configured value: librdkafka's own
+/// messages quote the value they refused (`Invalid value "..." for configuration property`), and
+/// that value may be a secret. Names the property and removes every configured value from the text.
+pub fn client_error(
+    what: &str,
+    settings: &KafkaSettings,
+    e: &rdkafka::error::KafkaError,
+) -> String {
+    use rdkafka::error::KafkaError;
+    let text = match e {
+        KafkaError::ClientConfig(_, desc, key, _) => {
+            format!("librdkafka refused the property `{key}` (its value is not shown): {desc}")
+        }
+        other => other.to_string(),
+    };
+    let mut values: Vec<String> = settings
+        .properties
+        .values()
+        .filter(|v| v.len() >= 3)
+        .cloned()
+        .collect();
+    values.extend(settings.secrets.iter().filter_map(|(_, s)| s.read().ok()));
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut text = text;
+    for v in values.iter().filter(|v| !v.is_empty()) {
+        text = text.replace(v.as_str(), "****");
+    }
+    format!("cannot create the Kafka {what}: {text}")
 }
 
 /// A partition's end (high watermark) as librdkafka last saw it in a fetch response — no request
@@ -73,7 +103,7 @@ pub fn describe(settings: &KafkaSettings) -> String {
         format!("group={}", settings.group),
     ];
     for (k, v) in &settings.properties {
-        if SECRET_PROPERTIES.contains(&k.as_str()) {
+        if is_secret_property(k) {
             parts.push(format!("{k}=****"));
         } else {
             parts.push(format!("{k}={v}"));
