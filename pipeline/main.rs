@@ -176,7 +176,11 @@ enum Command {
     /// Closed hours and windows that are not final yet are never checked. Alerts keep a stable id;
     /// an alert that continues stays one alert; one whose condition is gone is resolved. State is
     /// kept in the storage (alerts/state.json), so a rerun sends nothing new. New and changed
-    /// alerts go to stdout as JSON lines, to [alerts] log_file and to [alerts] webhook_url.
+    /// alerts are queued (alerts/outbox.json) and go to stdout as JSON lines, to [alerts] log_file
+    /// and to [alerts] webhook_url; each leaves the queue once every route has it. A route that
+    /// fails (down, a timeout, any answer but 2xx — redirects are not followed) keeps the alert
+    /// queued for the next run, and `check` exits 1. Alerts `jinryu faults` found are sent by the
+    /// next `check`.
     Check {
         #[command(flatten)]
         config: ConfigArg,
@@ -890,21 +894,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let from = from.unwrap_or(to - chrono::Days::new(7));
             anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
             let changes = run_checks(&cfg, &storage, from, to).await?;
-            let d = jinryu::alerts::route::route(
-                &changes.changed,
-                !quiet,
-                cfg.alerts.log_file.as_deref(),
-                cfg.alerts.webhook.as_ref(),
-            );
+            // Everything queued is sent, not only this run's changes: alerts an earlier run
+            // could not deliver, and those `jinryu faults` found.
+            let d = jinryu::alerts::deliver(&storage, !quiet, &cfg.alerts).await?;
             for e in &d.errors {
                 eprintln!("warning: {e}");
             }
             let open = changes.all.iter().filter(|a| a.status == "open").count();
+            let waiting = jinryu::alerts::pending(&storage).await?;
             eprintln!(
-                "jinryu check {from}..{to}: {} new or changed alerts, {open} open in total; webhook {} delivered, {} failed",
+                "jinryu check {from}..{to}: {} new or changed alerts, {open} open in total; webhook {} delivered, {} failed; {waiting} waiting for a route",
                 changes.changed.len(),
                 d.webhook_delivered,
                 d.webhook_failed
+            );
+            anyhow::ensure!(
+                !d.failed(),
+                "{} alert deliveries failed (see the warnings above); the alerts stay queued and \
+                 the next `jinryu check` sends them again",
+                d.errors.len()
             );
             Ok(())
         }

@@ -336,6 +336,14 @@ async fn a_sensor_whose_share_of_its_array_drifts_is_caught() {
 
 /// A tiny HTTP server on loopback that records POST bodies.
 fn http_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    http_server_answering("200 OK", "")
+}
+
+/// A webhook on loopback that answers every request with `status` (and `extra` headers), and
+/// keeps the bodies it received.
+fn http_server_answering(status: &str, extra: &str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let answer =
+        format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -358,9 +366,7 @@ fn http_server() -> (String, Arc<Mutex<Vec<String>>>) {
             let mut body = vec![0; len];
             reader.read_exact(&mut body).unwrap();
             seen.lock().unwrap().push(String::from_utf8(body).unwrap());
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .unwrap();
+            stream.write_all(answer.as_bytes()).unwrap();
         }
     });
     (url, bodies)
@@ -454,4 +460,85 @@ async fn a_day_with_many_rejected_messages_trips_quarantine_rate() {
         "{a:#?}"
     );
     assert_eq!(a.severity, "warning");
+}
+
+fn routes(url: &str) -> jinryu::config::AlertRoutes {
+    jinryu::config::AlertRoutes {
+        log_file: None,
+        webhook: Some(route::Webhook {
+            url: url.to_string(),
+            timeout: Duration::from_secs(2),
+            attempts: 1,
+        }),
+    }
+}
+
+/// The alert-loss cases of issue #10: alerts that `faults` stored are still sent by the next
+/// delivery; a webhook that is down, or that answers with a redirect, does not count as a
+/// delivery and the alerts stay queued; once it answers, each queued alert arrives exactly once.
+#[tokio::test]
+async fn alerts_are_never_lost() {
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    load(&storage, &cfg, faulty_days(), "faulty").await;
+    // What `jinryu faults` does: the checks run and the alert state is saved; nothing is sent.
+    let run = check(&storage, &cfg, d(2026, 10, 6), d(2026, 10, 8)).await;
+    assert_eq!(run.changed.len(), 4);
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 4);
+    // A re-run of the checks finds nothing new, but the 4 are still queued.
+    let again = check(&storage, &cfg, d(2026, 10, 6), d(2026, 10, 8)).await;
+    assert!(again.changed.is_empty());
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 4);
+
+    // A redirect is not a delivery (it used to be followed as a GET without the alert).
+    let (moved, moved_bodies) =
+        http_server_answering("302 Found", "Location: http://127.0.0.1:9/x\r\n");
+    let d1 = alerts::deliver(&storage, false, &routes(&moved))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d1.webhook_delivered, d1.webhook_failed),
+        (0, 4),
+        "{:?}",
+        d1.errors
+    );
+    assert!(d1.errors[0].contains("302"), "{:?}", d1.errors);
+    assert_eq!(
+        moved_bodies.lock().unwrap().len(),
+        4,
+        "POSTed once each, not followed"
+    );
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 4);
+
+    // A server error: still queued.
+    let (broken, _) = http_server_answering("500 Internal Server Error", "");
+    let d2 = alerts::deliver(&storage, false, &routes(&broken))
+        .await
+        .unwrap();
+    assert_eq!(d2.webhook_failed, 4);
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 4);
+
+    // The webhook works again: every queued alert arrives, once.
+    let (url, bodies) = http_server();
+    let d3 = alerts::deliver(&storage, false, &routes(&url))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d3.webhook_delivered, d3.webhook_failed),
+        (4, 0),
+        "{:?}",
+        d3.errors
+    );
+    let got: Vec<Alert> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(got, run.changed);
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 0);
+    let d4 = alerts::deliver(&storage, false, &routes(&url))
+        .await
+        .unwrap();
+    assert_eq!(d4.webhook_delivered, 0, "nothing is sent twice");
 }

@@ -187,6 +187,11 @@ fn no_secret_reaches_any_output() {
         .output()
         .unwrap();
     let text = all_output(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed route fails the check: {text}"
+    );
     assert!(text.contains(&format!("127.0.0.1:{port}/hook")), "{text}");
     assert!(
         !text.contains(SECRET),
