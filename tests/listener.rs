@@ -66,13 +66,14 @@ fn cpu_time() -> Duration {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-/// A Python process that opens `n` connections to `addr` and holds them for `secs`, without
-/// sending anything (its own descriptor limit raised to its hard limit).
-fn hold_connections(addr: SocketAddr, n: usize, secs: u32) -> Child {
+/// A Python process that waits `delay` seconds, then opens `n` connections to `addr` and holds
+/// them for `secs`, without sending anything (its own descriptor limit raised to its hard limit).
+fn hold_connections(addr: SocketAddr, n: usize, secs: u32, delay: f64) -> Child {
     let script = format!(
         "import resource, socket, sys, time\n\
          soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
          resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n\
+         time.sleep({delay})\n\
          held = []\n\
          for _ in range({n}):\n\
          \x20   try:\n\
@@ -159,7 +160,7 @@ fn healthz_survives_slow_headers_floods_and_descriptor_exhaustion() {
 
     // 2. Three hundred idle connections (more than the descriptor limit): over the cap they are
     // closed at once, the rest when the header timeout passes; /healthz answers meanwhile.
-    let mut flood = Reap(hold_connections(addr, 300, 20));
+    let mut flood = Reap(hold_connections(addr, 300, 20, 0.0));
     let mut line = String::new();
     let mut out = flood.0.stdout.take().unwrap();
     let mut b = [0u8; 1];
@@ -177,12 +178,13 @@ fn healthz_survives_slow_headers_floods_and_descriptor_exhaustion() {
 
     // 3. The process out of file descriptors: accept fails (EMFILE) while connections wait in
     // the backlog. The loop must back off, not spin a core.
+    // The client is started first (spawning needs descriptors) and connects a second later.
+    let waiting = Reap(hold_connections(addr, 5, 8, 1.0));
     let mut files = Vec::new();
     while let Ok(f) = std::fs::File::open("/dev/null") {
         files.push(f);
     }
-    let waiting = Reap(hold_connections(addr, 5, 6));
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(2000));
     let cpu0 = cpu_time();
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu_time() - cpu0;
