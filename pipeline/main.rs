@@ -896,12 +896,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let changes = run_checks(&cfg, &storage, from, to).await?;
             // Everything queued is sent, not only this run's changes: alerts an earlier run
             // could not deliver, and those `jinryu faults` found.
-            let d = jinryu::alerts::deliver(&storage, !quiet, &cfg.alerts).await?;
+            let (d, waiting) = jinryu::alerts::deliver(&storage, !quiet, &cfg.alerts).await?;
             for e in &d.errors {
                 eprintln!("warning: {e}");
             }
             let open = changes.all.iter().filter(|a| a.status == "open").count();
-            let waiting = jinryu::alerts::pending(&storage).await?;
             eprintln!(
                 "jinryu check {from}..{to}: {} new or changed alerts, {open} open in total; webhook {} delivered, {} failed; {waiting} waiting for a route",
                 changes.changed.len(),

@@ -335,6 +335,16 @@ async fn a_sensor_whose_share_of_its_array_drifts_is_caught() {
 }
 
 /// A tiny HTTP server on loopback that records POST bodies.
+/// The alerts a test webhook received, in order.
+fn received(bodies: &Mutex<Vec<String>>) -> Vec<Alert> {
+    bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect()
+}
+
 fn http_server() -> (String, Arc<Mutex<Vec<String>>>) {
     http_server_answering("200 OK", "")
 }
@@ -394,12 +404,7 @@ async fn webhook_delivers_and_a_down_webhook_is_reported() {
         "{:?}",
         d1.errors
     );
-    let got: Vec<Alert> = bodies
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect();
+    let got = received(&bodies);
     assert_eq!(got, run.changed);
     let logged = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(logged.lines().count(), 4);
@@ -493,7 +498,7 @@ async fn alerts_are_never_lost() {
     // A redirect is not a delivery (it used to be followed as a GET without the alert).
     let (moved, moved_bodies) =
         http_server_answering("302 Found", "Location: http://127.0.0.1:9/x\r\n");
-    let d1 = alerts::deliver(&storage, false, &routes(&moved))
+    let (d1, _) = alerts::deliver(&storage, false, &routes(&moved))
         .await
         .unwrap();
     assert_eq!(
@@ -512,7 +517,7 @@ async fn alerts_are_never_lost() {
 
     // A server error: still queued.
     let (broken, _) = http_server_answering("500 Internal Server Error", "");
-    let d2 = alerts::deliver(&storage, false, &routes(&broken))
+    let (d2, _) = alerts::deliver(&storage, false, &routes(&broken))
         .await
         .unwrap();
     assert_eq!(d2.webhook_failed, 4);
@@ -520,7 +525,7 @@ async fn alerts_are_never_lost() {
 
     // The webhook works again: every queued alert arrives, once.
     let (url, bodies) = http_server();
-    let d3 = alerts::deliver(&storage, false, &routes(&url))
+    let (d3, _) = alerts::deliver(&storage, false, &routes(&url))
         .await
         .unwrap();
     assert_eq!(
@@ -529,15 +534,10 @@ async fn alerts_are_never_lost() {
         "{:?}",
         d3.errors
     );
-    let got: Vec<Alert> = bodies
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect();
+    let got = received(&bodies);
     assert_eq!(got, run.changed);
     assert_eq!(alerts::pending(&storage).await.unwrap(), 0);
-    let d4 = alerts::deliver(&storage, false, &routes(&url))
+    let (d4, _) = alerts::deliver(&storage, false, &routes(&url))
         .await
         .unwrap();
     assert_eq!(d4.webhook_delivered, 0, "nothing is sent twice");

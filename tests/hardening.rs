@@ -56,6 +56,18 @@ fn config(dir: &Path, name: &str, edit: &[(&str, &str)], extra: &str) -> PathBuf
 
 const SECRET: &str = "s3cret-Zq81";
 
+/// `jinryu run` with `cfg`, which is expected to be refused at start: its exit code and all it
+/// printed.
+fn run_refused(cfg: &Path) -> (Option<i32>, String) {
+    let out = jinryu()
+        .arg("run")
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (out.status.code(), all_output(&out))
+}
+
 fn kafka_table(properties: &str, keys: &str) -> String {
     format!(
         "\n[kafka]\nbrokers = \"127.0.0.1:1\"\ntopic = \"t\"\n{keys}\n[kafka.properties]\n{properties}\n"
@@ -86,14 +98,8 @@ fn no_secret_reaches_any_output() {
             &[],
             &kafka_table(&format!("\"{prop}\" = \"{SECRET}\""), ""),
         );
-        let out = jinryu()
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let text = all_output(&out);
-        assert_eq!(out.status.code(), Some(1), "{prop}: {text}");
+        let (code, text) = run_refused(&cfg);
+        assert_eq!(code, Some(1), "{prop}: {text}");
         assert!(!text.contains(SECRET), "{prop} leaked:\n{text}");
         assert!(
             text.contains("sensitive"),
@@ -107,14 +113,8 @@ fn no_secret_reaches_any_output() {
         &[],
         &kafka_table(&format!("\"fetch.max.bytes\" = \"{SECRET}\""), ""),
     );
-    let out = jinryu()
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = run_refused(&cfg);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("fetch.max.bytes"), "{text}");
     assert!(!text.contains(SECRET), "librdkafka's echo leaked:\n{text}");
     // A password written into the key that should name an environment variable.
@@ -129,14 +129,8 @@ fn no_secret_reaches_any_output() {
             ),
         ),
     );
-    let out = jinryu()
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = run_refused(&cfg);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("kafka.sasl_password_env"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
     // A webhook URL with credentials, to a port where nothing listens: the failure is reported
@@ -238,14 +232,8 @@ fn configuration_cannot_load_code() {
             &[],
             &kafka_table(&format!("\"{prop}\" = \"{}\"", lib.display()), ""),
         );
-        let out = jinryu()
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let text = all_output(&out);
-        assert_eq!(out.status.code(), Some(1), "{prop}: {text}");
+        let (code, text) = run_refused(&cfg);
+        assert_eq!(code, Some(1), "{prop}: {text}");
         assert!(
             text.contains("load a library or run a command"),
             "{prop}: {text}"

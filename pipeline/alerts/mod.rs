@@ -231,23 +231,19 @@ pub async fn pending(storage: &Storage) -> anyhow::Result<usize> {
 /// alert leaves the queue once every configured route has it. Whoever queued it — `check`,
 /// `faults`, a run that crashed or whose webhook was down — the next delivery sends it; a route
 /// that fails keeps it queued for the next run. `to_stdout` makes stdout one of the routes.
+/// Returns what the routes did and how many alerts are still waiting.
 pub async fn deliver(
     storage: &Storage,
     to_stdout: bool,
     routes: &crate::config::AlertRoutes,
-) -> anyhow::Result<route::Delivery> {
+) -> anyhow::Result<(route::Delivery, usize)> {
     let state = load(storage).await?;
     let mut outbox = load_outbox(storage).await?;
     let mut wanted: Vec<&'static str> = Vec::new();
     if to_stdout {
         wanted.push("stdout");
     }
-    if routes.log_file.is_some() {
-        wanted.push("log_file");
-    }
-    if routes.webhook.is_some() {
-        wanted.push("webhook");
-    }
+    wanted.extend(route::configured(routes));
     let mut d = route::Delivery::default();
     for &r in &wanted {
         let todo: Vec<Alert> = outbox
@@ -276,8 +272,8 @@ pub async fn deliver(
     }
     let before = outbox.len();
     outbox.retain(|id, done| state.contains_key(id) && !wanted.iter().all(|r| done.contains(*r)));
-    if before > 0 {
+    if outbox.len() != before || !d.delivered.is_empty() {
         save_outbox(storage, &outbox).await?;
     }
-    Ok(d)
+    Ok((d, outbox.len()))
 }

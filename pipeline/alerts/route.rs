@@ -46,6 +46,19 @@ impl Delivery {
     }
 }
 
+/// The routes `[alerts]` configures besides stdout (`log_file`, `webhook`), by the names
+/// [`Delivery::delivered`] uses.
+pub fn configured(routes: &crate::config::AlertRoutes) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if routes.log_file.is_some() {
+        names.push("log_file");
+    }
+    if routes.webhook.is_some() {
+        names.push("webhook");
+    }
+    names
+}
+
 /// Sends `alerts` to every configured route.
 pub fn route(
     alerts: &[Alert],

@@ -465,7 +465,8 @@ impl Shared {
 
     /// Decodes a batch and counts each record in its partition (records of partitions no longer
     /// assigned here are left to their next owner, who reads them from its checkpoint).
-    fn process(&self, batch: &Batch) {
+    /// Returns whether some partition's buffers reached their roll size.
+    fn process(&self, batch: &Batch) -> bool {
         // One clock reading per batch (reading it per record was ~10 % of the CPU profile).
         let now = now_ms();
         let date = partition_value(self.cfg.window.local_date(now));
@@ -495,6 +496,7 @@ impl Shared {
                 ),
             }
         }
+        parts.values().any(|p| p.driver.roll_due())
     }
 
     /// The window thread: takes batches from the polling thread until it stops, and runs the
@@ -512,12 +514,15 @@ impl Shared {
                     p.last_input = (p.last_input + away).min(now);
                 }
             }
+            let mut roll_due = false;
             match batches.recv_timeout(TICK) {
-                Ok(batch) => self.process(&batch),
+                Ok(batch) => roll_due = self.process(&batch),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            if last_tick.elapsed() >= TICK {
+            // A partition whose buffers are full (rows, or bytes of quarantined messages) is
+            // committed now, not at the next tick: the bound holds batch by batch.
+            if roll_due || last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let mut parts = self.parts.lock().expect("partition lock");
                 self.tick(consumer, &mut parts);
@@ -989,13 +994,7 @@ async fn deliver_pipeline_alerts(
         match got {
             Ok(Some(a)) => {
                 route(std::slice::from_ref(&a), true, None, None);
-                let mut need = Vec::new();
-                if routes.log_file.is_some() {
-                    need.push("log_file");
-                }
-                if routes.webhook.is_some() {
-                    need.push("webhook");
-                }
+                let need = crate::alerts::route::configured(&routes);
                 if !need.is_empty() {
                     waiting.insert(a.id.clone(), (a, need));
                 }
@@ -1012,14 +1011,8 @@ async fn deliver_pipeline_alerts(
             batch
                 .into_iter()
                 .map(|(a, need)| {
-                    let log = need
-                        .contains(&"log_file")
-                        .then_some(())
-                        .and(r.log_file.as_deref());
-                    let hook = need
-                        .contains(&"webhook")
-                        .then_some(())
-                        .and(r.webhook.as_ref());
+                    let log = r.log_file.as_deref().filter(|_| need.contains(&"log_file"));
+                    let hook = r.webhook.as_ref().filter(|_| need.contains(&"webhook"));
                     (
                         a.id.clone(),
                         route(std::slice::from_ref(&a), false, log, hook),
