@@ -336,6 +336,13 @@ async fn a_sensor_whose_share_of_its_array_drifts_is_caught() {
 
 /// A tiny HTTP server on loopback that records POST bodies.
 fn http_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    http_server_answering("200 OK", "")
+}
+
+/// A webhook on loopback that answers every request with `status` (and `extra` headers), and
+/// keeps the bodies it received.
+fn http_server_answering(status: &str, extra: &str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let answer = format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -358,9 +365,7 @@ fn http_server() -> (String, Arc<Mutex<Vec<String>>>) {
             let mut body = vec![0; len];
             reader.read_exact(&mut body).unwrap();
             seen.lock().unwrap().push(String::from_utf8(body).unwrap());
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .unwrap();
+            stream.write_all(answer.as_bytes()).unwrap();
         }
     });
     (url, bodies)
@@ -454,4 +459,119 @@ async fn a_day_with_many_rejected_messages_trips_quarantine_rate() {
         "{a:#?}"
     );
     assert_eq!(a.severity, "warning");
+}
+
+fn routes(url: &str) -> jinryu::config::AlertRoutes {
+    jinryu::config::AlertRoutes {
+        log_file: None,
+        webhook: Some(route::Webhook {
+            url: url.to_string(),
+            timeout: Duration::from_secs(2),
+            attempts: 1,
+        }),
+    }
+}
+
+/// The alert-loss cases of issue #10: alerts that `faults` stored are still sent by the next
+/// delivery; a webhook that is down, or that answers with a redirect, does not count as a
+/// delivery and the alerts stay queued; once it answers, each queued alert arrives exactly once.
+#[tokio::test]
+async fn alerts_are_never_lost() {
+    let cfg = Config::chikaho("memory://");
+    let storage = Storage::open("memory://").unwrap();
+    load(&storage, &cfg, faulty_days(), "faulty").await;
+    // What `jinryu faults` does: the checks run and the alert state is saved; nothing is sent.
+    let run = check(&storage, &cfg, d(2026, 10, 6), d(2026, 10, 8)).await;
+    assert_eq!(run.changed.len(), 4);
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 4);
+    // A re-run of the checks finds nothing new, but the 4 are still queued.
+    let again = check(&storage, &cfg, d(2026, 10, 6), d(2026, 10, 8)).await;
+    assert!(again.changed.is_empty());
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 4);
+
+    // A redirect is not a delivery (it used to be followed as a GET without the alert).
+    let (moved, moved_bodies) = http_server_answering("302 Found", "Location: http://127.0.0.1:9/x\r\n");
+    let d1 = alerts::deliver(&storage, false, &routes(&moved)).await.unwrap();
+    assert_eq!((d1.webhook_delivered, d1.webhook_failed), (0, 4), "{:?}", d1.errors);
+    assert!(d1.errors[0].contains("302"), "{:?}", d1.errors);
+    assert_eq!(moved_bodies.lock().unwrap().len(), 4, "POSTed once each, not followed");
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 4);
+
+    // A server error: still queued.
+    let (broken, _) = http_server_answering("500 Internal Server Error", "");
+    let d2 = alerts::deliver(&storage, false, &routes(&broken)).await.unwrap();
+    assert_eq!(d2.webhook_failed, 4);
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 4);
+
+    // The webhook works again: every queued alert arrives, once.
+    let (url, bodies) = http_server();
+    let d3 = alerts::deliver(&storage, false, &routes(&url)).await.unwrap();
+    assert_eq!((d3.webhook_delivered, d3.webhook_failed), (4, 0), "{:?}", d3.errors);
+    let got: Vec<Alert> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(got, run.changed);
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 0);
+    let d4 = alerts::deliver(&storage, false, &routes(&url)).await.unwrap();
+    assert_eq!(d4.webhook_delivered, 0, "nothing is sent twice");
+
+    // A changed alert (the data healed: resolved) is queued and sent again, once.
+    let healed = check(&storage, &cfg, d(2026, 10, 20), d(2026, 10, 20)).await;
+    assert!(healed.changed.is_empty(), "another range resolves nothing");
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 0);
+}
+
+/// Issue #10: a check over a range raised other alerts than daily checks over the same days
+/// (the baseline was the days before the range, so a month without earlier history missed a
+/// spike on the 21st that the daily check found). Both end in the same alert state now, on a
+/// month with the simulator's faults (a sensor silent for five hours, a fault, late data) and a
+/// spike.
+#[tokio::test]
+async fn a_range_check_finds_what_daily_checks_find() {
+    let cfg = Config::chikaho("memory://");
+    let mut opts = simulate::options(2026, 10);
+    opts.faults = true;
+    let mut input = String::new();
+    Simulator::new(&cfg, opts)
+        .read_to_string(&mut input)
+        .unwrap();
+    // Ten times a busy window: J2-3 northbound, Wednesday 21 October, 12:00-12:15.
+    for i in 0..9 {
+        input.push_str(&format!(
+            "{{\"sensor_id\":\"J2-3\",\"ts\":\"2026-10-21T12:0{i}:30+09:00\",\"direction\":\"north\",\"count\":100}}\n"
+        ));
+    }
+    let range = Storage::open("memory://").unwrap();
+    let daily = Storage::open("memory://").unwrap();
+    load(&range, &cfg, input.clone(), "month").await;
+    load(&daily, &cfg, input, "month").await;
+
+    check(&range, &cfg, d(2026, 10, 1), d(2026, 10, 31)).await;
+    for day in 1..=31 {
+        check(&daily, &cfg, d(2026, 10, day), d(2026, 10, day)).await;
+    }
+    let by_range = alerts::stored(range.store().as_ref()).await.unwrap();
+    let by_day = alerts::stored(daily.store().as_ref()).await.unwrap();
+    let spike = by_range
+        .iter()
+        .find(|a| a.kind == "implausible_level" && a.sensor_id.as_deref() == Some("J2-3"))
+        .unwrap_or_else(|| panic!("the spike is found by the range check: {by_range:#?}"));
+    assert_eq!(spike.start_ms, at(21, 12, 0));
+    assert!(
+        by_range.iter().any(|a| a.kind == "sensor_offline"),
+        "the silent sensor is found: {by_range:#?}"
+    );
+    assert_eq!(
+        by_range.len(),
+        by_day.len(),
+        "range: {:#?}\ndaily: {:#?}",
+        by_range.iter().map(|a| (&a.kind, &a.sensor_id, &a.start)).collect::<Vec<_>>(),
+        by_day.iter().map(|a| (&a.kind, &a.sensor_id, &a.start)).collect::<Vec<_>>()
+    );
+    for (a, b) in by_range.iter().zip(&by_day) {
+        assert_eq!(a, b);
+    }
 }

@@ -7,7 +7,7 @@
 pub mod faults;
 pub mod route;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -19,6 +19,8 @@ use crate::jobs::checks::{CHECKS, Incident};
 use crate::sink::store::Storage;
 
 const STATE: &str = "alerts/state.json";
+/// Alerts not yet delivered to every route: id → the routes the alert's latest content reached.
+const OUTBOX: &str = "alerts/outbox.json";
 
 /// One alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,6 +120,64 @@ pub fn pipeline_alert(
     }
 }
 
+/// An alert about an obligation (`obligation_due_soon`, `obligation_overdue`): one per kind and
+/// obligation, open while it applies.
+pub fn obligation_alert(
+    cfg: &Config,
+    kind: &str,
+    o: &crate::jobs::obligations::Obligation,
+    open: bool,
+) -> Alert {
+    let due_ms = cfg.window.day_start(o.due);
+    let (severity, action) = if kind == "obligation_overdue" {
+        (
+            "critical",
+            "The due date passed without a recorded handover: hand the file over (deliverables/              holds what the service built), then record it with `jinryu deliver`; if it was              handed over, record it now.",
+        )
+    } else {
+        (
+            "warning",
+            "Due on the next business day: hand the file over and record it with `jinryu deliver`.",
+        )
+    };
+    Alert {
+        id: alert_id(kind, Some(&o.id), due_ms),
+        kind: kind.to_string(),
+        severity: severity.to_string(),
+        status: if open { "open" } else { "resolved" }.to_string(),
+        sensor_id: None,
+        array: None,
+        start: cfg.window.local(due_ms).to_rfc3339(),
+        end: cfg.window.local(due_ms).to_rfc3339(),
+        start_ms: due_ms,
+        end_ms: due_ms,
+        windows: 0,
+        evidence: serde_json::json!({
+            "obligation": o.id,
+            "what": o.what,
+            "due": o.due.to_string(),
+        }),
+        action: action.to_string(),
+    }
+}
+
+/// A `job_failed` alert: a job of `jinryu run` failed (open) or succeeded again (resolved).
+pub fn job_alert(cfg: &Config, job: &str, start_ms: i64, end_ms: i64, open: bool, error: &str) -> Alert {
+    let mut a = pipeline_alert(
+        cfg,
+        "job_failed",
+        start_ms,
+        end_ms,
+        open,
+        serde_json::json!({"job": job, "error": error}),
+        "A job of jinryu run failed (see /healthz and the log for the error); it is retried at \
+         its next run. Checks: storage and alert routes; monthly: the format file and the \
+         storage; obligations: the storage.",
+    );
+    a.id = alert_id("job_failed", Some(job), start_ms);
+    a
+}
+
 async fn load(storage: &Storage) -> anyhow::Result<BTreeMap<String, Alert>> {
     let list = stored(storage.store().as_ref())
         .await
@@ -173,6 +233,15 @@ pub async fn merge(
         }
     }
     changed.sort_by(|a, b| a.id.cmp(&b.id));
+    // The outbox first: a crash between the two writes re-finds the change on the next run (the
+    // state was not saved), so a change is never stored without being queued for delivery.
+    if !changed.is_empty() {
+        let mut outbox = load_outbox(storage).await?;
+        for a in &changed {
+            outbox.insert(a.id.clone(), BTreeSet::new());
+        }
+        save_outbox(storage, &outbox).await?;
+    }
     let all: Vec<Alert> = state.into_values().collect();
     storage
         .store()
@@ -182,4 +251,93 @@ pub async fn merge(
         )
         .await?;
     Ok(Changes { changed, all })
+}
+
+async fn load_outbox(storage: &Storage) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+    match storage.store().get(&Path::from(OUTBOX)).await {
+        Ok(got) => serde_json::from_slice(&got.bytes().await?).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is damaged ({e}); move it away (alerts it listed will not be re-sent)",
+                storage.describe(OUTBOX)
+            )
+        }),
+        Err(object_store::Error::NotFound { .. }) => Ok(BTreeMap::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn save_outbox(
+    storage: &Storage,
+    outbox: &BTreeMap<String, BTreeSet<String>>,
+) -> anyhow::Result<()> {
+    storage
+        .store()
+        .put(
+            &Path::from(OUTBOX),
+            PutPayload::from(serde_json::to_vec_pretty(outbox)?),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Alerts waiting for some route (new or changed, not yet delivered everywhere).
+pub async fn pending(storage: &Storage) -> anyhow::Result<usize> {
+    Ok(load_outbox(storage).await?.len())
+}
+
+/// Sends every queued alert to each route it has not reached yet, and records what arrived: an
+/// alert leaves the queue once every configured route has it. Whoever queued it — `check`,
+/// `faults`, a run that crashed or whose webhook was down — the next delivery sends it; a route
+/// that fails keeps it queued for the next run. `to_stdout` makes stdout one of the routes.
+pub async fn deliver(
+    storage: &Storage,
+    to_stdout: bool,
+    routes: &crate::config::AlertRoutes,
+) -> anyhow::Result<route::Delivery> {
+    let state = load(storage).await?;
+    let mut outbox = load_outbox(storage).await?;
+    let mut wanted: Vec<&'static str> = Vec::new();
+    if to_stdout {
+        wanted.push("stdout");
+    }
+    if routes.log_file.is_some() {
+        wanted.push("log_file");
+    }
+    if routes.webhook.is_some() {
+        wanted.push("webhook");
+    }
+    let mut d = route::Delivery::default();
+    for &r in &wanted {
+        let todo: Vec<Alert> = outbox
+            .iter()
+            .filter(|(_, done)| !done.contains(r))
+            .filter_map(|(id, _)| state.get(id).cloned())
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let one = match r {
+            "stdout" => route::route(&todo, true, None, None),
+            "log_file" => route::route(&todo, false, routes.log_file.as_deref(), None),
+            _ => {
+                let hook = routes.webhook.clone();
+                tokio::task::spawn_blocking(move || {
+                    route::route(&todo, false, None, hook.as_ref())
+                })
+                .await?
+            }
+        };
+        d.absorb(one);
+    }
+    for (id, r) in &d.delivered {
+        if let Some(done) = outbox.get_mut(id) {
+            done.insert(r.to_string());
+        }
+    }
+    let before = outbox.len();
+    outbox.retain(|id, done| state.contains_key(id) && !wanted.iter().all(|r| done.contains(*r)));
+    if before > 0 {
+        save_outbox(storage, &outbox).await?;
+    }
+    Ok(d)
 }

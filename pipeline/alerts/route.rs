@@ -25,6 +25,25 @@ pub struct Delivery {
     pub webhook_delivered: usize,
     pub webhook_failed: usize,
     pub errors: Vec<String>,
+    /// (alert id, route) for every delivery that succeeded: `stdout`, `log_file`, `webhook`.
+    pub delivered: Vec<(String, &'static str)>,
+}
+
+impl Delivery {
+    /// Adds the figures of another run of the routes.
+    pub fn absorb(&mut self, other: Delivery) {
+        self.stdout += other.stdout;
+        self.logged += other.logged;
+        self.webhook_delivered += other.webhook_delivered;
+        self.webhook_failed += other.webhook_failed;
+        self.errors.extend(other.errors);
+        self.delivered.extend(other.delivered);
+    }
+
+    /// Some route failed for some alert.
+    pub fn failed(&self) -> bool {
+        !self.errors.is_empty()
+    }
 }
 
 /// Sends `alerts` to every configured route.
@@ -47,6 +66,7 @@ pub fn route(
             .is_ok()
             {
                 d.stdout += 1;
+                d.delivered.push((a.id.clone(), "stdout"));
             }
         }
     }
@@ -59,7 +79,10 @@ pub fn route(
             Ok(mut f) => {
                 for a in alerts {
                     match writeln!(f, "{}", serde_json::to_string(a).expect("alert serialises")) {
-                        Ok(()) => d.logged += 1,
+                        Ok(()) => {
+                            d.logged += 1;
+                            d.delivered.push((a.id.clone(), "log_file"));
+                        }
                         Err(e) => d.errors.push(format!("alert log {}: {e}", path.display())),
                     }
                 }
@@ -108,6 +131,7 @@ pub fn route(
             }
             if ok {
                 d.webhook_delivered += 1;
+                d.delivered.push((a.id.clone(), "webhook"));
             } else {
                 d.webhook_failed += 1;
                 d.errors.push(format!(

@@ -13,7 +13,10 @@
 pub mod checks;
 pub mod format;
 pub mod monthly;
+pub mod obligations;
+pub mod pdf;
 pub mod report;
+pub mod schedule;
 
 use std::sync::Arc;
 

@@ -914,6 +914,8 @@ pub async fn watch(cfg: Config, metrics: Arc<Metrics>) {
         since: None,
     };
     let mut lag_samples: std::collections::VecDeque<(i64, i64)> = Default::default();
+    let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(deliver_pipeline_alerts(cfg.clone(), queued));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -961,16 +963,73 @@ pub async fn watch(cfg: Config, metrics: Arc<Metrics>) {
         .into_iter()
         .flatten()
         .collect();
-        if !raised.is_empty() {
-            let routes = cfg.alerts.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::alerts::route::route(
-                    &raised,
-                    true,
-                    routes.log_file.as_deref(),
-                    routes.webhook.as_ref(),
-                )
-            });
+        for a in raised {
+            let _ = outbox.send(a);
+        }
+    }
+}
+
+/// How often undelivered pipeline alerts are tried again.
+const REDELIVER_EVERY: Duration = Duration::from_secs(60);
+
+/// Sends the service's pipeline alerts: stdout at once, then the log file and the webhook; an
+/// alert a route did not take is kept and tried again every minute until it is delivered (a
+/// newer state of the same alert replaces it). Every failed attempt is logged, once per alert
+/// and route per minute at most.
+async fn deliver_pipeline_alerts(
+    cfg: Config,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<crate::alerts::Alert>,
+) {
+    use crate::alerts::route::route;
+    let routes = cfg.alerts;
+    // alert id → (latest content, routes that still need it)
+    let mut waiting: BTreeMap<String, (crate::alerts::Alert, Vec<&'static str>)> = BTreeMap::new();
+    loop {
+        let got = tokio::time::timeout(REDELIVER_EVERY, queued.recv()).await;
+        match got {
+            Ok(Some(a)) => {
+                route(std::slice::from_ref(&a), true, None, None);
+                let mut need = Vec::new();
+                if routes.log_file.is_some() {
+                    need.push("log_file");
+                }
+                if routes.webhook.is_some() {
+                    need.push("webhook");
+                }
+                if !need.is_empty() {
+                    waiting.insert(a.id.clone(), (a, need));
+                }
+            }
+            Ok(None) => return,
+            Err(_) => {} // a minute passed: try the waiting ones again
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let batch: Vec<_> = waiting.values().cloned().collect();
+        let r = routes.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|(a, need)| {
+                    let log = need.contains(&"log_file").then_some(()).and(r.log_file.as_deref());
+                    let hook = need.contains(&"webhook").then_some(()).and(r.webhook.as_ref());
+                    (a.id.clone(), route(std::slice::from_ref(&a), false, log, hook))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(results) = results else { continue };
+        for (id, d) in results {
+            for e in &d.errors {
+                tracing::warn!(alert = %id, error = %e, "pipeline alert not delivered; retrying every minute");
+            }
+            if let Some((_, need)) = waiting.get_mut(&id) {
+                need.retain(|r| !d.delivered.iter().any(|(_, got)| got == r));
+                if need.is_empty() {
+                    waiting.remove(&id);
+                }
+            }
         }
     }
 }

@@ -23,11 +23,15 @@ pub fn free_port() -> u16 {
 
 /// The Chi-Ka-Ho configuration with storage, Kafka and fast service clocks for tests.
 pub fn config_text(storage_url: &str, brokers: &str, topic: &str, group: &str) -> String {
+    // The jobs of `jinryu run` ([jobs]) are off here: tests/jobs.rs turns them on.
     let base = jinryu::config::CHIKAHO_TOML
         .split("[kafka]")
         .next()
         .unwrap()
-        .replace("file:///var/lib/jinryu", storage_url);
+        .replace("file:///var/lib/jinryu", storage_url)
+        .replace("\nchecks = true ", "\nchecks = false ")
+        .replace("\nmonthly = true ", "\nmonthly = false ")
+        .replace("\nobligations = true ", "\nobligations = false ");
     format!(
         "{base}\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\n\
          [kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = 1000\n\
