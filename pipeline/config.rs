@@ -73,6 +73,76 @@ struct RawConfig {
     kafka: Option<RawKafka>,
     service: Option<RawService>,
     retention: Option<RawRetention>,
+    report: Option<RawReport>,
+    jobs: Option<RawJobs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawReport {
+    language: Option<String>,
+    pdf: Option<String>,
+}
+
+/// Whether the monthly report is printed as PDF (`[report] pdf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PdfMode {
+    /// Printed with headless Chromium; without it the month's files are not built.
+    Required,
+    /// Printed when Chromium is there, else a warning (the demo; images without Chromium).
+    IfAvailable,
+    Off,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawJobs {
+    checks: Option<bool>,
+    check_interval: Option<String>,
+    check_days: Option<u32>,
+    monthly: Option<bool>,
+    monthly_format: Option<String>,
+    monthly_after: Option<String>,
+    obligations: Option<bool>,
+}
+
+/// Language of the monthly report (`[report] language`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    Ja,
+    En,
+}
+
+/// `[jobs]`: what `jinryu run` does besides consuming (each can be turned off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jobs {
+    /// Data-quality checks every `check_interval`.
+    pub checks: bool,
+    pub check_interval_ms: i64,
+    /// Days before today always checked (besides every day that received data since the last
+    /// run, however old).
+    pub check_days: u32,
+    /// The month's deliverable, once the month is closed.
+    pub monthly: bool,
+    /// Format file of the deliverable (`None`: the built-in long format).
+    pub monthly_format: Option<std::path::PathBuf>,
+    /// A month also counts as closed this long after its end (local time), even if a quiet
+    /// partition's event time never passed it.
+    pub monthly_after_ms: i64,
+    /// Reminders and overdue alerts for the contract's deadlines.
+    pub obligations: bool,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs {
+            checks: true,
+            check_interval_ms: 15 * 60_000,
+            check_days: 2,
+            monthly: true,
+            monthly_format: None,
+            monthly_after_ms: 6 * 3_600_000,
+            obligations: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -392,6 +462,12 @@ pub struct Config {
     pub checks: crate::jobs::checks::Thresholds,
     /// Alert routes (`[alerts]`).
     pub alerts: AlertRoutes,
+    /// `[report] language` (default `ja`).
+    pub language: Language,
+    /// `[report] pdf` (default `required`).
+    pub pdf: PdfMode,
+    /// `[jobs]` of `jinryu run`.
+    pub jobs: Jobs,
 }
 
 impl Config {
@@ -439,7 +515,7 @@ impl Config {
             .map(|key| ConfigProblem {
                 message: format!(
                     "unknown key `{key}`; remove it or check its spelling (known sections: timezone, \
-                     storage, window, facility, validation, sink, checks, alerts, sensors, kafka, service, retention)"
+                     storage, window, facility, validation, sink, checks, alerts, sensors, kafka, service, retention, report, jobs)"
                 ),
                 key,
             })
@@ -760,6 +836,34 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         problem(problems, "retention.quarantine", "must be at least 1d");
     }
 
+    let report = raw.report.unwrap_or_default();
+    let pdf = match report.pdf.as_deref() {
+        None | Some("required") => PdfMode::Required,
+        Some("if_available") => PdfMode::IfAvailable,
+        Some("off") => PdfMode::Off,
+        Some(other) => {
+            problem(
+                problems,
+                "report.pdf",
+                format!("`{other}`: use \"required\" (the default), \"if_available\" or \"off\""),
+            );
+            PdfMode::Required
+        }
+    };
+    let language = match report.language.as_deref() {
+        None | Some("ja") => Language::Ja,
+        Some("en") => Language::En,
+        Some(other) => {
+            problem(
+                problems,
+                "report.language",
+                format!("`{other}`: use \"ja\" (Japanese, the default) or \"en\""),
+            );
+            Language::Ja
+        }
+    };
+    let jobs = validate_jobs(raw.jobs.unwrap_or_default(), problems);
+
     Some(Config {
         facility_name,
         timezone: timezone?,
@@ -777,6 +881,41 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
         },
         checks,
         alerts,
+        language,
+        pdf,
+        jobs: jobs?,
+    })
+}
+
+fn validate_jobs(j: RawJobs, problems: &mut Vec<ConfigProblem>) -> Option<Jobs> {
+    let d = Jobs::default();
+    let interval = duration_ms(
+        problems,
+        "jobs.check_interval",
+        j.check_interval.as_deref(),
+        "15m",
+    );
+    if interval.is_some_and(|i| i < 1_000) {
+        problem(
+            problems,
+            "jobs.check_interval",
+            "must be at least 1s (the default is 15m)",
+        );
+    }
+    let after = duration_ms(
+        problems,
+        "jobs.monthly_after",
+        j.monthly_after.as_deref(),
+        "6h",
+    );
+    Some(Jobs {
+        checks: j.checks.unwrap_or(d.checks),
+        check_interval_ms: interval?,
+        check_days: j.check_days.unwrap_or(d.check_days),
+        monthly: j.monthly.unwrap_or(d.monthly),
+        monthly_format: j.monthly_format.map(std::path::PathBuf::from),
+        monthly_after_ms: after?,
+        obligations: j.obligations.unwrap_or(d.obligations),
     })
 }
 

@@ -21,6 +21,8 @@ pub struct DemoOutput {
     pub truth: Truth,
     pub verification: Verification,
     pub monthly: MonthlyOutput,
+    /// Alerts the data-quality checks raised over the simulated days (in the report).
+    pub alerts: usize,
     pub data_dir: String,
     pub out_dir: PathBuf,
     /// The demo's configuration file (storage pointed at `data_dir`).
@@ -127,7 +129,9 @@ pub async fn run(opts: SimOptions, out_dir: &Path) -> anyhow::Result<DemoOutput>
     let out_dir = out_dir.canonicalize()?;
     let data = out_dir.join("data");
     let url = format!("file://{}", data.display());
-    let cfg = Config::chikaho(&url);
+    let mut cfg = Config::chikaho(&url);
+    // The demo goes on without Chromium (a warning says the PDF was not printed).
+    cfg.pdf = crate::config::PdfMode::IfAvailable;
     // The configuration beside the output, so `jinryu sql/monthly/check --config OUT/jinryu.toml`
     // work on the demo's tables.
     let toml = crate::config::CHIKAHO_TOML.replace("file:///var/lib/jinryu", &url);
@@ -140,6 +144,25 @@ pub async fn run(opts: SimOptions, out_dir: &Path) -> anyhow::Result<DemoOutput>
     let truth = truth.lock().expect("truth").clone();
     let ctx = jobs::context(&cfg, &storage).await?;
     let verification = verify(&ctx, &cfg, &truth).await?;
+    // The checks over the simulated days, as `jinryu check` runs them: the report shows the
+    // faults the simulator injected.
+    let (first, next) = crate::window::time::month_bounds(opts.year, opts.month);
+    let last = next.pred_opt().expect("a day before the next month");
+    let to = match opts.days {
+        Some(n) => (first + chrono::Days::new(u64::from(n.max(1)) - 1)).min(last),
+        None => last,
+    };
+    let incidents = jobs::checks::run_checks(&ctx, &cfg, &cfg.checks, first, to).await?;
+    let found = crate::alerts::alerts_from(&cfg, &incidents);
+    let alerts = crate::alerts::merge(
+        &storage,
+        found,
+        cfg.window.day_start(first),
+        cfg.window.day_start(to.succ_opt().expect("next day")),
+    )
+    .await?
+    .all
+    .len();
     let format = jobs::format::Format::long();
     let monthly =
         jobs::monthly::write_monthly(&ctx, &cfg, opts.year, opts.month, &format, &out_dir).await?;
@@ -148,6 +171,7 @@ pub async fn run(opts: SimOptions, out_dir: &Path) -> anyhow::Result<DemoOutput>
         truth,
         verification,
         monthly,
+        alerts,
         data_dir: storage.describe(""),
         config_file: out_dir.join("jinryu.toml"),
         out_dir,

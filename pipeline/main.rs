@@ -29,6 +29,8 @@ Start here:
   jinryu calendar --month 2026-11  business days and deadlines
   jinryu check --config jinryu.toml [--from 2026-11-01 --to 2026-11-30]   data-quality alerts
   jinryu faults --config jinryu.toml --month 2026-11                       fault report drafts
+  jinryu obligations --config jinryu.toml       deadlines: open, due soon, OVERDUE, delivered
+  jinryu deliver --config jinryu.toml --month 2026-11 --file 2026_11.csv   record a handover
   jinryu sql --config jinryu.toml \"SELECT * FROM flow_15min LIMIT 10\"
   jinryu table history --config jinryu.toml       who committed what (also: compact, vacuum, expire)
 
@@ -209,6 +211,43 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// The contract's deadlines and whether each was met: the month's CSV (5th business day of
+    /// the next month), the monthly report (the 10th; March: the 31st), a fault report per sensor
+    /// fault (next business day). Status: open, due soon (the business day before), OVERDUE,
+    /// delivered (with when, by whom and the file's SHA-256). `jinryu run` reminds and raises
+    /// obligation_overdue through [alerts] by itself.
+    Obligations {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Month, YYYY-MM [default: the last two months and this one]
+        #[arg(long, value_parser = month_arg)]
+        month: Option<(i32, u32)>,
+    },
+    /// Record that a file was handed over to the client (the evidence of an obligation met).
+    ///
+    /// `--month M` records the month's CSV and report (or one of them with --only); `--fault ID`
+    /// a fault report (IDs: `jinryu obligations`). With --file, its SHA-256 is recorded; without,
+    /// the SHA-256 of the CSV the service built (deliverables/YYYY_MM/) when there is one. A
+    /// record is never overwritten: recording the same handover twice is refused.
+    Deliver {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Month, YYYY-MM: its CSV and report
+        #[arg(long, value_parser = month_arg, conflicts_with = "fault", required_unless_present = "fault")]
+        month: Option<(i32, u32)>,
+        /// Only one of the month's two: csv or report
+        #[arg(long, value_parser = ["csv", "report"], requires = "month")]
+        only: Option<String>,
+        /// A fault report: the alert id (from `jinryu obligations`)
+        #[arg(long)]
+        fault: Option<String>,
+        /// Who handed it over [default: $USER]
+        #[arg(long)]
+        by: Option<String>,
+        /// The file handed over (its SHA-256 is recorded)
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Show a month's Japanese business days and the contract's deadlines.
     ///
     /// Business days exclude Saturdays, Sundays, national holidays (振替休日 and 国民の休日
@@ -357,6 +396,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The `jinryu deliver` arguments that record obligation `id`.
+fn deliver_args(id: &str) -> String {
+    match id.split_once(':') {
+        Some(("csv", m)) => format!("--month {m} --only csv"),
+        Some(("report", m)) => format!("--month {m} --only report"),
+        Some(("fault", a)) => format!("--fault {a}"),
+        _ => id.to_string(),
     }
 }
 
@@ -579,6 +628,11 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     .await?;
     eprintln!("jinryu run: /healthz and /metrics on http://{addr}");
     tokio::spawn(jinryu::service::watch(cfg.clone(), metrics.clone()));
+    tokio::spawn(jinryu::jobs::schedule::run(
+        cfg.clone(),
+        storage.clone(),
+        metrics.clone(),
+    ));
     tokio::spawn(jinryu::service::maintain(
         cfg.clone(),
         storage.clone(),
@@ -675,9 +729,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             println!("checksum     {}", m.sha256_file.display());
             println!(
-                "report       {}  (quality: {})",
+                "report       {}{}  (quality: {})",
                 m.report_file.display(),
+                if m.pdf_file.exists() {
+                    format!(", PDF {}", m.pdf_file.display())
+                } else {
+                    " (no PDF: Chromium is not installed)".to_string()
+                },
                 m.summary_file.display()
+            );
+            println!(
+                "alerts       {} raised by the checks (in the report)",
+                d.alerts
             );
             println!(
                 "tables       {} (aggregates/, quarantine/: Delta Lake tables, partitioned by date)",
@@ -846,6 +909,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("checksum     {}  ({})", m.sha256, m.sha256_file.display());
             println!("summary      {}", m.summary_file.display());
             println!(
+                "report       {}{}",
+                m.report_file.display(),
+                if m.pdf_file.exists() {
+                    format!(" and {}", m.pdf_file.display())
+                } else {
+                    " (no PDF: [report] pdf)".to_string()
+                }
+            );
+            println!(
                 "built from   aggregates version {}{}",
                 versions
                     .aggregates
@@ -932,6 +1004,127 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 csv_path.display(),
                 md_path.display()
             );
+            Ok(())
+        }
+        Command::Obligations { config, month } => {
+            use jinryu::jobs::obligations;
+            let cfg = config.load()?;
+            let storage = Storage::open(&cfg.storage_url)?;
+            let today = cfg
+                .window
+                .local(chrono::Utc::now().timestamp_millis())
+                .date_naive();
+            let months = match month {
+                Some(m) => vec![m],
+                None => {
+                    use chrono::Datelike;
+                    let back = today - chrono::Months::new(2);
+                    obligations::months_between(
+                        (back.year(), back.month()),
+                        (today.year(), today.month()),
+                    )
+                }
+            };
+            let alerts = jinryu::alerts::stored(storage.store().as_ref()).await?;
+            println!("== jinryu obligations (today {today}) ==");
+            println!(
+                "{:<10} {:<8} {:<15} {:<58} evidence",
+                "due", "month", "status", "what"
+            );
+            let mut overdue = 0;
+            for (y, m) in months {
+                for o in obligations::of_month(&cfg, &storage, &alerts, y, m).await? {
+                    let status = o.status(today);
+                    overdue += usize::from(status == obligations::Status::Overdue);
+                    let evidence = o.handover.as_ref().map_or_else(
+                        || format!("(jinryu deliver {})", deliver_args(&o.id)),
+                        |h| {
+                            format!(
+                                "{} by {}{}",
+                                h.at,
+                                h.by,
+                                h.sha256
+                                    .as_ref()
+                                    .map(|s| format!(", sha256 {}", &s[..s.len().min(16)]))
+                                    .unwrap_or_default()
+                            )
+                        },
+                    );
+                    println!(
+                        "{:<10} {:<8} {:<15} {:<58} {evidence}",
+                        o.due.to_string(),
+                        o.month,
+                        status.label(),
+                        o.what
+                    );
+                }
+            }
+            if overdue > 0 {
+                eprintln!("{overdue} obligation(s) OVERDUE");
+            }
+            Ok(())
+        }
+        Command::Deliver {
+            config,
+            month,
+            only,
+            fault,
+            by,
+            file,
+        } => {
+            use jinryu::jobs::obligations::{self, Handover};
+            use sha2::Digest;
+            let cfg = config.load()?;
+            let storage = Storage::open(&cfg.storage_url)?;
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".to_string());
+            let at = cfg
+                .window
+                .local(chrono::Utc::now().timestamp_millis())
+                .to_rfc3339();
+            let file_sha = match &file {
+                Some(p) => Some(format!(
+                    "{:x}",
+                    sha2::Sha256::digest(
+                        std::fs::read(p)
+                            .map_err(|e| { anyhow::anyhow!("cannot read {}: {e}", p.display()) })?
+                    )
+                )),
+                None => None,
+            };
+            let mut ids: Vec<(String, Option<String>)> = Vec::new();
+            if let Some((y, m)) = month {
+                let built = jinryu::jobs::schedule::manifest(&storage, y, m).await?;
+                let built_csv = built.as_ref().and_then(|mf| {
+                    mf.files
+                        .iter()
+                        .find(|f| f.name.ends_with(".csv") && !f.name.starts_with("faults_"))
+                        .map(|f| f.sha256.clone())
+                });
+                for what in ["csv", "report"] {
+                    if only.as_deref().is_some_and(|o| o != what) {
+                        continue;
+                    }
+                    let sha = file_sha
+                        .clone()
+                        .or_else(|| (what == "csv").then(|| built_csv.clone()).flatten());
+                    ids.push((format!("{what}:{y:04}-{m:02}"), sha));
+                }
+            }
+            if let Some(f) = fault {
+                ids.push((format!("fault:{f}"), file_sha.clone()));
+            }
+            for (id, sha256) in ids {
+                let h = Handover {
+                    at: at.clone(),
+                    by: by.clone(),
+                    sha256,
+                    file: file.as_ref().map(|p| p.display().to_string()),
+                };
+                obligations::record(&storage, &id, &h).await?;
+                println!("recorded: {id} handed over {} by {}", h.at, h.by);
+            }
             Ok(())
         }
         Command::Calendar {

@@ -541,4 +541,66 @@ async fn alerts_are_never_lost() {
         .await
         .unwrap();
     assert_eq!(d4.webhook_delivered, 0, "nothing is sent twice");
+    // A changed alert (the data healed: resolved) is queued and sent again, once.
+    let healed = check(&storage, &cfg, d(2026, 10, 20), d(2026, 10, 20)).await;
+    assert!(healed.changed.is_empty(), "another range resolves nothing");
+    assert_eq!(alerts::pending(&storage).await.unwrap(), 0);
+}
+
+/// Issue #10: a check over a range raised other alerts than daily checks over the same days
+/// (the baseline was the days before the range, so a month without earlier history missed a
+/// spike on the 21st that the daily check found). Both end in the same alert state now, on a
+/// month with the simulator's faults (a sensor silent for five hours, a fault, late data) and a
+/// spike.
+#[tokio::test]
+async fn a_range_check_finds_what_daily_checks_find() {
+    let cfg = Config::chikaho("memory://");
+    let mut opts = simulate::options(2026, 10);
+    opts.faults = true;
+    let mut input = String::new();
+    Simulator::new(&cfg, opts)
+        .read_to_string(&mut input)
+        .unwrap();
+    // Ten times a busy window: J2-3 northbound, Wednesday 21 October, 12:00-12:15.
+    for i in 0..9 {
+        input.push_str(&format!(
+            "{{\"sensor_id\":\"J2-3\",\"ts\":\"2026-10-21T12:0{i}:30+09:00\",\"direction\":\"north\",\"count\":100}}\n"
+        ));
+    }
+    let range = Storage::open("memory://").unwrap();
+    let daily = Storage::open("memory://").unwrap();
+    load(&range, &cfg, input.clone(), "month").await;
+    load(&daily, &cfg, input, "month").await;
+
+    check(&range, &cfg, d(2026, 10, 1), d(2026, 10, 31)).await;
+    for day in 1..=31 {
+        check(&daily, &cfg, d(2026, 10, day), d(2026, 10, day)).await;
+    }
+    let by_range = alerts::stored(range.store().as_ref()).await.unwrap();
+    let by_day = alerts::stored(daily.store().as_ref()).await.unwrap();
+    let spike = by_range
+        .iter()
+        .find(|a| a.kind == "implausible_level" && a.sensor_id.as_deref() == Some("J2-3"))
+        .unwrap_or_else(|| panic!("the spike is found by the range check: {by_range:#?}"));
+    assert_eq!(spike.start_ms, at(21, 12, 0));
+    assert!(
+        by_range.iter().any(|a| a.kind == "sensor_offline"),
+        "the silent sensor is found: {by_range:#?}"
+    );
+    assert_eq!(
+        by_range.len(),
+        by_day.len(),
+        "range: {:#?}\ndaily: {:#?}",
+        by_range
+            .iter()
+            .map(|a| (&a.kind, &a.sensor_id, &a.start))
+            .collect::<Vec<_>>(),
+        by_day
+            .iter()
+            .map(|a| (&a.kind, &a.sensor_id, &a.start))
+            .collect::<Vec<_>>()
+    );
+    for (a, b) in by_range.iter().zip(&by_day) {
+        assert_eq!(a, b);
+    }
 }

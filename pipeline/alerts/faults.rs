@@ -9,7 +9,7 @@ use crate::calendar;
 use crate::config::Config;
 
 /// Kinds that are faults to report (data-level notices such as late_rate are not).
-const FAULT_KINDS: [&str; 7] = [
+pub const FAULT_KINDS: [&str; 7] = [
     "sensor_offline",
     "silent_but_alive",
     "stuck_count",

@@ -120,6 +120,73 @@ pub fn pipeline_alert(
     }
 }
 
+/// An alert about an obligation (`obligation_due_soon`, `obligation_overdue`): one per kind and
+/// obligation, open while it applies.
+pub fn obligation_alert(
+    cfg: &Config,
+    kind: &str,
+    o: &crate::jobs::obligations::Obligation,
+    open: bool,
+) -> Alert {
+    let due_ms = cfg.window.day_start(o.due);
+    let (severity, action) = if kind == "obligation_overdue" {
+        (
+            "critical",
+            "The due date passed without a recorded handover: hand the file over (deliverables/ \
+             holds what the service built), then record it with `jinryu deliver`; if it was \
+             handed over, record it now.",
+        )
+    } else {
+        (
+            "warning",
+            "Due on the next business day: hand the file over and record it with `jinryu deliver`.",
+        )
+    };
+    Alert {
+        id: alert_id(kind, Some(&o.id), due_ms),
+        kind: kind.to_string(),
+        severity: severity.to_string(),
+        status: if open { "open" } else { "resolved" }.to_string(),
+        sensor_id: None,
+        array: None,
+        start: cfg.window.local(due_ms).to_rfc3339(),
+        end: cfg.window.local(due_ms).to_rfc3339(),
+        start_ms: due_ms,
+        end_ms: due_ms,
+        windows: 0,
+        evidence: serde_json::json!({
+            "obligation": o.id,
+            "what": o.what,
+            "due": o.due.to_string(),
+        }),
+        action: action.to_string(),
+    }
+}
+
+/// A `job_failed` alert: a job of `jinryu run` failed (open) or succeeded again (resolved).
+pub fn job_alert(
+    cfg: &Config,
+    job: &str,
+    start_ms: i64,
+    end_ms: i64,
+    open: bool,
+    error: &str,
+) -> Alert {
+    let mut a = pipeline_alert(
+        cfg,
+        "job_failed",
+        start_ms,
+        end_ms,
+        open,
+        serde_json::json!({"job": job, "error": error}),
+        "A job of jinryu run failed (see /healthz and the log for the error); it is retried at \
+         its next run. Checks: storage and alert routes; monthly: the format file and the \
+         storage; obligations: the storage.",
+    );
+    a.id = alert_id("job_failed", Some(job), start_ms);
+    a
+}
+
 async fn load(storage: &Storage) -> anyhow::Result<BTreeMap<String, Alert>> {
     let list = stored(storage.store().as_ref())
         .await
@@ -144,7 +211,9 @@ pub async fn stored(store: &dyn object_store::ObjectStore) -> anyhow::Result<Vec
 }
 
 /// Merges this run's alerts over `[range_start_ms, range_end_ms)` into the stored state.
-/// Stored alerts in the range that were not found again are resolved (their condition is gone).
+/// Stored data-check alerts in the range that were not found again are resolved (their condition
+/// is gone); alerts of other kinds (obligations, failed jobs) are resolved only by whoever raised
+/// them, never by a check run that happens to cover their date.
 pub async fn merge(
     storage: &Storage,
     found: Vec<Alert>,
@@ -167,6 +236,7 @@ pub async fn merge(
     for (id, a) in state.iter_mut() {
         if a.status == "open"
             && !found_ids.contains(id)
+            && crate::jobs::checks::CHECKS.iter().any(|c| c.kind == a.kind)
             && a.start_ms >= range_start_ms
             && a.start_ms < range_end_ms
         {

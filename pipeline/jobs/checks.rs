@@ -251,7 +251,47 @@ fn fill(
         .replace("{{share_drift}}", &format!("{:.6}", t.share_drift))
 }
 
-/// Runs every check over the local dates `[from, to]` and returns the incidents.
+/// Registers `check_days`: each date of `[from, to]` with the first date of its own history
+/// (`history_days` before it), for the checks whose baseline is the days before.
+fn register_days(
+    ctx: &SessionContext,
+    t: &Thresholds,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> anyhow::Result<()> {
+    let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("date", DataType::Utf8, false),
+            Field::new("hist_from", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                days.iter().map(|d| partition_value(*d)),
+            )) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(days.iter().map(|d| {
+                partition_value(*d - chrono::Days::new(u64::from(t.history_days)))
+            }))),
+        ],
+    )?;
+    ctx.deregister_table("check_days")?;
+    ctx.register_table(
+        "check_days",
+        Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+    )?;
+    Ok(())
+}
+
+/// Longest stretch looked back for the start of an incident that began before the checked
+/// range (a sensor offline for days is one incident, whenever the check runs).
+const MAX_LOOKBACK_DAYS: u64 = 31;
+
+/// Runs every check over the local dates `[from, to]` and returns the incidents that reach into
+/// it. What a check finds does not depend on the range it is run over: each day's baseline is
+/// its own `history_days` before it, and an incident that began before `from` is followed back
+/// to its start (up to [`MAX_LOOKBACK_DAYS`]), so it keeps the id, span and worst value it has
+/// in a check over a longer range. One run over a month and daily runs over the same month end
+/// in the same alerts (tests/checks.rs).
 pub async fn run_checks(
     ctx: &SessionContext,
     cfg: &Config,
@@ -259,8 +299,46 @@ pub async fn run_checks(
     from: NaiveDate,
     to: NaiveDate,
 ) -> anyhow::Result<Vec<Incident>> {
+    let from_ms = cfg.window.day_start(from);
+    // Never look back before the first day with data: there every sensor would look offline.
+    let first_data = super::dates_with_data(ctx).await?.first().copied();
+    let mut back = 1u64;
+    loop {
+        let start = match first_data {
+            Some(first) if first >= from => from,
+            Some(first) => (from - chrono::Days::new(back)).max(first),
+            None => from,
+        };
+        let (incidents, first_open) = run_checks_over(ctx, cfg, t, start, to).await?;
+        // An incident that starts in the first two open windows looked at may have begun
+        // earlier (a check comparing with the previous window has no finding in the first).
+        let truncated = incidents.iter().any(|i| {
+            first_open.is_some_and(|f| i.start_ms <= f + cfg.window.size_ms)
+                && CHECKS.iter().any(|c| c.kind == i.kind && c.per_window)
+        });
+        if !truncated || back >= MAX_LOOKBACK_DAYS || first_data.is_none_or(|f| start <= f) {
+            // Incidents that ended exactly where the range starts are kept: the run before may
+            // have seen them as ongoing, and this one resolves them.
+            return Ok(incidents
+                .into_iter()
+                .filter(|i| i.end_ms >= from_ms)
+                .collect());
+        }
+        back = (back * 2).min(MAX_LOOKBACK_DAYS);
+    }
+}
+
+/// The checks over `[from, to]`, and the first open window they looked at.
+async fn run_checks_over(
+    ctx: &SessionContext,
+    cfg: &Config,
+    t: &Thresholds,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> anyhow::Result<(Vec<Incident>, Option<i64>)> {
     let history_from = from - chrono::Days::new(u64::from(t.history_days));
     let open = register_windows(ctx, cfg, history_from, from, to)?;
+    register_days(ctx, t, from, to)?;
     let open_index: HashMap<i64, usize> = open.iter().enumerate().map(|(i, w)| (*w, i)).collect();
     let last_open = open.last().copied();
     let size = cfg.window.size_ms;
@@ -365,5 +443,5 @@ pub async fn run_checks(
             flush(&mut run);
         }
     }
-    Ok(incidents)
+    Ok((incidents, open.first().copied()))
 }

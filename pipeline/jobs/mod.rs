@@ -13,7 +13,10 @@
 pub mod checks;
 pub mod format;
 pub mod monthly;
+pub mod obligations;
+pub mod pdf;
 pub mod report;
+pub mod schedule;
 
 use std::sync::Arc;
 
@@ -314,6 +317,31 @@ pub fn column<T: 'static>(b: &RecordBatch, i: usize) -> &T {
             b.column(i).data_type()
         )
     })
+}
+
+/// Every local date with rows in the aggregates table, in order.
+pub async fn dates_with_data(
+    ctx: &SessionContext,
+) -> anyhow::Result<std::collections::BTreeSet<chrono::NaiveDate>> {
+    let batches = query(
+        ctx,
+        "SELECT DISTINCT CAST(date AS VARCHAR) AS d FROM aggregates",
+    )
+    .await?;
+    let mut out = std::collections::BTreeSet::new();
+    for b in &batches {
+        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let Some(col) = col.as_any().downcast_ref::<arrow::array::StringArray>() else {
+            anyhow::bail!(
+                "dates of the aggregates table: not text but {}",
+                col.data_type()
+            );
+        };
+        for v in col.iter().flatten() {
+            out.insert(chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")?);
+        }
+    }
+    Ok(out)
 }
 
 /// Runs an analyst's query and returns its batches. Queries only: DDL (`CREATE ...`), DML

@@ -38,6 +38,8 @@ pub struct MonthlyOutput {
     pub summary_file: PathBuf,
     /// The monthly HTML report beside the CSV.
     pub report_file: PathBuf,
+    /// The same report as PDF (headless Chromium's print), the file the client files.
+    pub pdf_file: PathBuf,
     pub sha256: String,
     /// Sensor × direction × window cells of the month.
     pub rows: u64,
@@ -329,6 +331,7 @@ pub async fn write_monthly(
         sha256_file: sha_path,
         summary_file: out_dir.join(format!("{}.quality.md", name.trim_end_matches(".csv"))),
         report_file: out_dir.join(format!("{}.html", name.trim_end_matches(".csv"))),
+        pdf_file: out_dir.join(format!("{}.pdf", name.trim_end_matches(".csv"))),
         sha256: sha,
         rows: grid.cells.len() as u64,
         ok: 0,
@@ -367,9 +370,56 @@ pub async fn write_monthly(
     let versions = super::read_versions(ctx);
     let summary = quality_summary(&grid, format, &out, quarantined, &alerts, &versions);
     write_atomically(&out.summary_file, summary.as_bytes())?;
-    let html = super::report::html(&grid, &out, &cfg.facility_name, &alerts)
-        .map_err(anyhow::Error::msg)?;
+    // TODO(#10): the obligations' real status and delivery times, and the pipeline's availability
+    // from the jobs' records, once they are tracked; until then the two due dates, open.
+    let obligations = [
+        super::report::ObligationRow {
+            what: match cfg.language {
+                crate::config::Language::Ja => {
+                    format!("月次データ（CSV）{year:04}年{month:02}月分")
+                }
+                crate::config::Language::En => format!("monthly data (CSV) {year:04}-{month:02}"),
+            },
+            due: calendar::deliverable_due(year, month),
+            status: "open".to_string(),
+            met_at: None,
+        },
+        super::report::ObligationRow {
+            what: match cfg.language {
+                crate::config::Language::Ja => format!("月次報告書 {year:04}年{month:02}月分"),
+                crate::config::Language::En => format!("monthly report {year:04}-{month:02}"),
+            },
+            due: calendar::monthly_report_due(year, month),
+            status: "open".to_string(),
+            met_at: None,
+        },
+    ];
+    let input = super::report::ReportInput {
+        facility: &cfg.facility_name,
+        language: cfg.language,
+        alerts: &alerts,
+        obligations: &obligations,
+        availability: None,
+    };
+    let html = super::report::html(&grid, &out, &input).map_err(anyhow::Error::msg)?;
     write_atomically(&out.report_file, html.as_bytes())?;
+    // The PDF is part of the deliverable: with `[report] pdf = "required"` (the default) no PDF
+    // means no deliverable (the error says how to fix it); "if_available" warns and goes on.
+    use crate::config::PdfMode;
+    if cfg.pdf != PdfMode::Off {
+        let (html_path, pdf_path) = (out.report_file.clone(), out.pdf_file.clone());
+        let printed =
+            tokio::task::spawn_blocking(move || super::pdf::render(&html_path, &pdf_path))
+                .await
+                .map_err(|e| anyhow::anyhow!("printing the report as PDF: {e}"))?;
+        match (printed, cfg.pdf) {
+            (Ok(()), _) => {}
+            (Err(e), PdfMode::IfAvailable) => {
+                tracing::warn!(error = %format!("{e:#}"), "the report was not printed as PDF ([report] pdf = \"if_available\")");
+            }
+            (Err(e), _) => return Err(e),
+        }
+    }
     Ok(out)
 }
 
@@ -461,6 +511,14 @@ fn quality_summary(
             .collect();
         s.push_str(&format!(" ({})", list.join(", ")));
     }
+    s.push_str(
+        ".\n\nA quarantined message is counted in the month jinryu received it (the local day of \
+         the run that read it, the quarantine table's `date`), not in the month its data were \
+         about: a rejected message has no event time to trust. Messages about this month that \
+         arrived in another month (e.g. the month ingested afterwards, as `jinryu demo` does) are \
+         in that month's summary; `jinryu sql \"SELECT date, reason, count(*) FROM quarantine \
+         GROUP BY date, reason\"` lists them by day received.",
+    );
     s.push_str(&format!(
         "\n\nAlerts of the month (from `jinryu check`): {}\n",
         alerts.len()

@@ -33,6 +33,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabel {
+    pub job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SensorLabel {
     pub sensor_id: String,
 }
@@ -72,6 +77,12 @@ pub struct Metrics {
     stopped: std::sync::Mutex<std::collections::BTreeMap<i32, String>>,
     pub fenced: Counter,
     pub stopped_partitions: Gauge,
+    /// The jobs of `jinryu run` ([jobs]): unix seconds of each one's last start, success and
+    /// failure, and the jobs whose last run failed (with the error, for /healthz).
+    pub job_last_start: Family<JobLabel, Gauge>,
+    pub job_last_success: Family<JobLabel, Gauge>,
+    pub job_last_failure: Family<JobLabel, Gauge>,
+    failing_jobs: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 fn now_ms() -> i64 {
@@ -108,8 +119,27 @@ impl Metrics {
             stopped: Default::default(),
             fenced: Counter::default(),
             stopped_partitions: Gauge::default(),
+            job_last_start: Family::default(),
+            job_last_success: Family::default(),
+            job_last_failure: Family::default(),
+            failing_jobs: Default::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "job_last_start_seconds",
+            "Unix time a job of jinryu run last started",
+            m.job_last_start.clone(),
+        );
+        registry.register(
+            "job_last_success_seconds",
+            "Unix time a job of jinryu run last succeeded",
+            m.job_last_success.clone(),
+        );
+        registry.register(
+            "job_last_failure_seconds",
+            "Unix time a job of jinryu run last failed",
+            m.job_last_failure.clone(),
+        );
         registry.register(
             "records",
             "Kafka records consumed, by partition",
@@ -287,6 +317,38 @@ impl Metrics {
     }
 
     /// `/healthz`: 200 while the consumer loop runs, 503 with the reason otherwise.
+    /// A job started.
+    pub fn job_started(&self, job: &str) {
+        self.job_last_start
+            .get_or_create(&JobLabel { job: job.into() })
+            .set(now_ms() / 1000);
+    }
+
+    /// A job ended: `Err` keeps it failing (in /healthz) until it next succeeds.
+    pub fn job_ended(&self, job: &str, result: Result<(), String>) {
+        let label = JobLabel { job: job.into() };
+        let mut failing = self.failing_jobs.lock().expect("metrics lock");
+        match result {
+            Ok(()) => {
+                self.job_last_success
+                    .get_or_create(&label)
+                    .set(now_ms() / 1000);
+                failing.remove(job);
+            }
+            Err(e) => {
+                self.job_last_failure
+                    .get_or_create(&label)
+                    .set(now_ms() / 1000);
+                failing.insert(job.to_string(), e);
+            }
+        }
+    }
+
+    /// Jobs whose last run failed, with the error.
+    pub fn failing_jobs(&self) -> std::collections::BTreeMap<String, String> {
+        self.failing_jobs.lock().expect("metrics lock").clone()
+    }
+
     pub fn health(&self) -> (StatusCode, String) {
         if let Some(why) = self.failed.lock().expect("metrics lock").clone() {
             return (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n"));
@@ -296,6 +358,17 @@ impl Metrics {
             let list: Vec<String> = stopped
                 .iter()
                 .map(|(p, why)| format!("partition {p} stopped: {why}"))
+                .collect();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}\n", list.join("\n")),
+            );
+        }
+        let failing = self.failing_jobs();
+        if !failing.is_empty() {
+            let list: Vec<String> = failing
+                .iter()
+                .map(|(job, why)| format!("job {job} failed: {why}"))
                 .collect();
             return (
                 StatusCode::SERVICE_UNAVAILABLE,

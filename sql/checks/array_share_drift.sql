@@ -1,7 +1,8 @@
 -- array_share_drift: a sensor's share of its array's people over a day drifts far from its usual
 -- share (a partly blocked or misaimed head, a sensor counting a neighbour's lane). Only windows in
 -- which every sensor of the array was live count — a silent sensor is sensor_offline's business.
--- Usual share: the median of the daily shares over the checks.history_days days before the range.
+-- Usual share: the median of the daily shares over the checks.history_days days before each
+-- checked day (check_days), so a range check finds what daily checks find.
 -- A day is a finding when |share - usual| > checks.share_drift and the array saw enough people.
 WITH sizes AS (
     SELECT array, COUNT(*) AS n FROM sensors GROUP BY array
@@ -32,9 +33,11 @@ shares AS (
     FROM daily
 ),
 usual AS (
-    SELECT sensor_id, median(share) AS usual, COUNT(*) AS n
-    FROM shares WHERE date < '{{from_date}}' AND array_people > 0
-    GROUP BY sensor_id
+    SELECT d.date AS day, h.sensor_id, median(h.share) AS usual, COUNT(*) AS n
+    FROM check_days d
+    JOIN shares h ON h.date >= d.hist_from AND h.date < d.date
+    WHERE h.array_people > 0
+    GROUP BY d.date, h.sensor_id
 ),
 first_window AS (
     SELECT date, MIN(window_start) AS window_start FROM check_windows GROUP BY date
@@ -46,7 +49,7 @@ SELECT s.sensor_id,
        'share of array ' || s.array || ' on ' || s.date || ': ' || CAST(round(s.share * 100) AS VARCHAR)
            || ' % (usual ' || CAST(round(u.usual * 100) AS VARCHAR) || ' %)' AS detail
 FROM shares s
-JOIN usual u ON u.sensor_id = s.sensor_id
+JOIN usual u ON u.sensor_id = s.sensor_id AND u.day = s.date
 JOIN first_window fw ON fw.date = s.date
 WHERE s.date >= '{{from_date}}' AND u.n >= 3
   AND s.array_people >= {{busy_people}} * 20

@@ -23,11 +23,15 @@ pub fn free_port() -> u16 {
 
 /// The Chi-Ka-Ho configuration with storage, Kafka and fast service clocks for tests.
 pub fn config_text(storage_url: &str, brokers: &str, topic: &str, group: &str) -> String {
+    // The jobs of `jinryu run` ([jobs]) are off here: tests/jobs.rs turns them on.
     let base = jinryu::config::CHIKAHO_TOML
         .split("[kafka]")
         .next()
         .unwrap()
-        .replace("file:///var/lib/jinryu", storage_url);
+        .replace("file:///var/lib/jinryu", storage_url)
+        .replace("\nchecks = true ", "\nchecks = false ")
+        .replace("\nmonthly = true ", "\nmonthly = false ")
+        .replace("\nobligations = true ", "\nobligations = false ");
     format!(
         "{base}\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\n\
          [kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = 1000\n\
@@ -202,9 +206,19 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 
 /// The simulated stream of the first `days` days of October 2026, as JSON lines, with its truth.
 pub fn simulated(days: u32, faults: bool) -> (Vec<u8>, jinryu::simulate::Truth) {
+    simulated_month(2026, 10, days, faults)
+}
+
+/// [`simulated`] for another month.
+pub fn simulated_month(
+    year: i32,
+    month: u32,
+    days: u32,
+    faults: bool,
+) -> (Vec<u8>, jinryu::simulate::Truth) {
     use std::io::Read;
     let cfg = jinryu::config::Config::chikaho("memory://");
-    let mut opts = jinryu::simulate::options(2026, 10);
+    let mut opts = jinryu::simulate::options(year, month);
     opts.days = Some(days);
     opts.faults = faults;
     let mut sim = jinryu::simulate::Simulator::new(&cfg, opts);
