@@ -211,6 +211,21 @@ struct RawAlerts {
     webhook_url: Option<String>,
     webhook_timeout: Option<String>,
     webhook_attempts: Option<u32>,
+    ca_file: Option<String>,
+    email: Option<RawEmail>,
+}
+
+/// `[alerts.email]` as written.
+#[derive(Debug, Default, Deserialize)]
+struct RawEmail {
+    smtp_host: Option<String>,
+    smtp_port: Option<u16>,
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<String>,
+    timeout: Option<String>,
 }
 
 /// Where alerts go besides stdout (`[alerts]`).
@@ -218,6 +233,9 @@ struct RawAlerts {
 pub struct AlertRoutes {
     pub log_file: Option<std::path::PathBuf>,
     pub webhook: Option<crate::alerts::route::Webhook>,
+    pub email: Option<crate::alerts::route::Email>,
+    /// Extra trusted root certificates (PEM) for https webhooks and SMTP, besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +338,88 @@ pub fn is_secret_property(key: &str) -> bool {
     SECRET_PROPERTIES
         .iter()
         .any(|p| p.eq_ignore_ascii_case(key.trim()))
+}
+
+/// `[alerts.email]`: where, from and to whom, and the login (its password by reference only).
+fn validate_email(
+    e: RawEmail,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<crate::alerts::route::Email> {
+    let before = problems.len();
+    let host = e.smtp_host.filter(|h| !h.trim().is_empty());
+    if host.is_none() {
+        problem(
+            problems,
+            "alerts.email.smtp_host",
+            "required: the SMTP server (STARTTLS on smtp_port, 587 by default)",
+        );
+    }
+    let from = e.from.unwrap_or_default();
+    if from.parse::<lettre::message::Mailbox>().is_err() {
+        problem(
+            problems,
+            "alerts.email.from",
+            format!("`{from}` is not an e-mail address (e.g. \"jinryu <jinryu@example.jp>\")"),
+        );
+    }
+    let to = e.to.unwrap_or_default();
+    if to.is_empty() {
+        problem(problems, "alerts.email.to", "required: a list of addresses");
+    }
+    for t in &to {
+        if t.parse::<lettre::message::Mailbox>().is_err() {
+            problem(
+                problems,
+                "alerts.email.to",
+                format!("`{t}` is not an e-mail address"),
+            );
+        }
+    }
+    let password = match (e.password_env, e.password_file) {
+        (Some(_), Some(_)) => {
+            problem(
+                problems,
+                "alerts.email.password_env",
+                "set either password_env or password_file, not both",
+            );
+            None
+        }
+        (Some(name), None) if !env_name_ok(&name) => {
+            problem(
+                problems,
+                "alerts.email.password_env",
+                "must name an environment variable (letters, digits and _), e.g. \
+                 \"JINRYU_SMTP_PASSWORD\"; what is written there is not shown, since it may be \
+                 the secret itself",
+            );
+            None
+        }
+        (Some(name), None) => Some(Secret::Env(name)),
+        (None, Some(path)) => Some(Secret::File(path.into())),
+        (None, None) => None,
+    };
+    if password.is_some() && e.username.is_none() {
+        problem(
+            problems,
+            "alerts.email.username",
+            "a password is set without a username",
+        );
+    }
+    let timeout = duration_ms(
+        problems,
+        "alerts.email.timeout",
+        e.timeout.as_deref(),
+        "10s",
+    );
+    (problems.len() == before).then(|| crate::alerts::route::Email {
+        host: host.unwrap_or_default(),
+        port: e.smtp_port.unwrap_or(587),
+        from,
+        to,
+        username: e.username,
+        password,
+        timeout: std::time::Duration::from_millis(timeout.unwrap_or(10_000) as u64),
+    })
 }
 
 /// Whether `name` can be an environment variable's name (letters, digits, `_`, not starting with
@@ -786,26 +886,37 @@ fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config>
     );
     let webhook = match a.webhook_url {
         None => None,
-        Some(url) if url.starts_with("http://") => Some(crate::alerts::route::Webhook {
-            url,
-            timeout: std::time::Duration::from_millis(webhook_timeout.unwrap_or(5000) as u64),
-            attempts: a.webhook_attempts.unwrap_or(3).max(1),
-        }),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(crate::alerts::route::Webhook {
+                url,
+                timeout: std::time::Duration::from_millis(webhook_timeout.unwrap_or(5000) as u64),
+                attempts: a.webhook_attempts.unwrap_or(3).max(1),
+            })
+        }
         Some(url) => {
             problem(
                 problems,
                 "alerts.webhook_url",
                 format!(
-                    "`{}`: this build posts to http:// URLs only (no TLS yet); point it at an http relay on loopback",
+                    "`{}`: an http:// or https:// URL",
                     crate::alerts::route::shown_url(&url)
                 ),
             );
             None
         }
     };
+    let ca_file = a.ca_file.map(std::path::PathBuf::from);
+    if let Some(path) = &ca_file
+        && let Err(e) = crate::alerts::route::read_ca_file(path)
+    {
+        problem(problems, "alerts.ca_file", e);
+    }
+    let email = a.email.and_then(|e| validate_email(e, problems));
     let alerts = AlertRoutes {
         log_file: a.log_file.map(std::path::PathBuf::from),
         webhook,
+        email,
+        ca_file,
     };
 
     let kafka = raw.kafka.map(|k| validate_kafka(k, problems));

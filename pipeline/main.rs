@@ -178,11 +178,12 @@ enum Command {
     /// Closed hours and windows that are not final yet are never checked. Alerts keep a stable id;
     /// an alert that continues stays one alert; one whose condition is gone is resolved. State is
     /// kept in the storage (alerts/state.json), so a rerun sends nothing new. New and changed
-    /// alerts are queued (alerts/outbox.json) and go to stdout as JSON lines, to [alerts] log_file
-    /// and to [alerts] webhook_url; each leaves the queue once every route has it. A route that
-    /// fails (down, a timeout, any answer but 2xx — redirects are not followed) keeps the alert
-    /// queued for the next run, and `check` exits 1. Alerts `jinryu faults` found are sent by the
-    /// next `check`.
+    /// alerts are queued (alerts/outbox.json) and go to stdout as JSON lines, to [alerts] log_file,
+    /// to [alerts] webhook_url (http or https; [alerts] ca_file adds a trusted CA) and to
+    /// [alerts.email] (SMTP, STARTTLS required); each leaves the queue once every route has it. A
+    /// route that fails (down, a timeout, any answer but 2xx — redirects are not followed, a
+    /// certificate that does not verify) keeps the alert queued for the next run, and `check`
+    /// exits 1. Alerts `jinryu faults` found are sent by the next `check`.
     Check {
         #[command(flatten)]
         config: ConfigArg,
@@ -192,7 +193,7 @@ enum Command {
         /// Last local date to check, YYYY-MM-DD [default: today]
         #[arg(long)]
         to: Option<chrono::NaiveDate>,
-        /// Do not print alerts on stdout (log file and webhook still get them)
+        /// Do not print alerts on stdout (log file, webhook and e-mail still get them)
         #[arg(long)]
         quiet: bool,
     },
@@ -974,10 +975,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let open = changes.all.iter().filter(|a| a.status == "open").count();
             eprintln!(
-                "jinryu check {from}..{to}: {} new or changed alerts, {open} open in total; webhook {} delivered, {} failed; {waiting} waiting for a route",
+                "jinryu check {from}..{to}: {} new or changed alerts, {open} open in total; webhook {} delivered, {} failed; e-mail {} sent, {} failed; {waiting} waiting for a route",
                 changes.changed.len(),
                 d.webhook_delivered,
-                d.webhook_failed
+                d.webhook_failed,
+                d.email_sent,
+                d.email_failed
             );
             anyhow::ensure!(
                 !d.failed(),

@@ -1,5 +1,6 @@
 //! `jinryu demo` — the README's first command — end to end on a full simulated month: every
-//! sensor-direction-window equals the simulator's truth, every injected fault shows where it should.
+//! sensor-direction-window equals the simulator's truth, every injected fault shows where it should
+//! (in the CSV, and as an alert in the report).
 
 #[tokio::test]
 async fn demo_month_matches_the_truth_and_shows_every_fault() {
@@ -32,4 +33,18 @@ async fn demo_month_matches_the_truth_and_shows_every_fault() {
     let csv = std::fs::read_to_string(&m.csv).unwrap();
     assert!(csv.contains("2026-10-12,09:00,J2-3,J2,north,,missing\r\n"));
     assert!(csv.contains("2026-10-25,10:15,J2-5,J2,south,,missing\r\n"));
+
+    // The demo runs the checks (issue #10): J2-3's five silent hours are an alert, and the
+    // report shows it; the quality summary says which month a quarantined message belongs to.
+    assert!(d.alerts > 0);
+    let html = std::fs::read_to_string(&m.report_file).unwrap();
+    assert!(
+        html.contains("<td>sensor_offline</td>") && html.contains("J2-3"),
+        "the report lists the simulated fault"
+    );
+    let summary = std::fs::read_to_string(&m.summary_file).unwrap();
+    assert!(
+        summary.contains("counted in the month jinryu received it"),
+        "{summary}"
+    );
 }

@@ -192,13 +192,13 @@ fn no_secret_reaches_any_output() {
         "webhook credentials leaked:\n{text}"
     );
     assert!(!text.contains("alice"), "webhook user leaked:\n{text}");
-    // An https URL is refused at load (no TLS route yet): the refusal hides them too.
+    // A URL of a scheme other than http(s) is refused at load: the refusal hides them too.
     let cfg = config(
         dir.path(),
         "hooks.toml",
         &[(
             "# webhook_url = \"http://127.0.0.1:9000/jinryu\"",
-            &format!("webhook_url = \"https://alice:{SECRET}@example.org/hook?token={SECRET}\""),
+            &format!("webhook_url = \"ftp://alice:{SECRET}@example.org/hook?token={SECRET}\""),
         )],
         "",
     );
@@ -208,6 +208,7 @@ fn no_secret_reaches_any_output() {
         .output()
         .unwrap();
     let text = all_output(&out);
+    assert!(text.contains("alerts.webhook_url"), "refused: {text}");
     assert!(!text.contains(SECRET) && !text.contains("alice"), "{text}");
 }
 

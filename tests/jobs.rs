@@ -63,9 +63,17 @@ async fn the_service_runs_the_contracts_jobs_once_per_group() {
         .replace(
             "# log_file = \"/var/log/jinryu/alerts.jsonl\"",
             &format!("log_file = \"{}\"", alert_log.display()),
-        );
+        )
+        // A webhook nobody answers: every alert stays queued for it, the service says so, and
+        // the log file still gets each alert once.
+        .replace(
+            "# webhook_url = \"http://127.0.0.1:9000/jinryu\"",
+            &format!("webhook_url = \"http://127.0.0.1:{}/hook\"", free_port()),
+        )
+        .replace("webhook_attempts = 3", "webhook_attempts = 1");
     assert!(text.contains("check_interval = \"2s\""));
     assert!(text.contains("log_file = \""));
+    assert!(text.contains("webhook_url = \"http://127.0.0.1:"));
     let cfg_path = tmp.path().join("jinryu.toml");
     std::fs::write(&cfg_path, &text).unwrap();
     let cfg = Config::load(&cfg_path).unwrap();
@@ -151,6 +159,18 @@ async fn the_service_runs_the_contracts_jobs_once_per_group() {
         "built once by one of the two:\n{}\n{}",
         logs[0], logs[1]
     );
+
+    // The failing webhook: logged by the service, the checks job failed (and said so as an
+    // alert, through the routes that work).
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("alert not delivered; it stays queued")),
+        "the service logs failed deliveries:\n{}\n{}",
+        logs[0],
+        logs[1]
+    );
+    let final_log = std::fs::read_to_string(&alert_log).unwrap();
+    assert!(final_log.contains("\"job_failed\""), "{final_log}");
 
     let overdue: Vec<serde_json::Value> = alerts
         .lines()

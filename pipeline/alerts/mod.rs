@@ -324,14 +324,12 @@ pub async fn deliver(
         if todo.is_empty() {
             continue;
         }
-        let one = match r {
-            "stdout" => route::route(&todo, true, None, None),
-            "log_file" => route::route(&todo, false, routes.log_file.as_deref(), None),
-            _ => {
-                let hook = routes.webhook.clone();
-                tokio::task::spawn_blocking(move || route::route(&todo, false, None, hook.as_ref()))
-                    .await?
-            }
+        let one = if r == "stdout" {
+            route::send(r, &todo, routes)
+        } else {
+            // Network routes block (timeouts, retries with backoff): off the async workers.
+            let routes = routes.clone();
+            tokio::task::spawn_blocking(move || route::send(r, &todo, &routes)).await?
         };
         d.absorb(one);
     }

@@ -977,7 +977,7 @@ pub async fn watch(cfg: Config, metrics: Arc<Metrics>) {
 /// How often undelivered pipeline alerts are tried again.
 const REDELIVER_EVERY: Duration = Duration::from_secs(60);
 
-/// Sends the service's pipeline alerts: stdout at once, then the log file and the webhook; an
+/// Sends the service's pipeline alerts: stdout at once, then the log file, webhook and e-mail; an
 /// alert a route did not take is kept and tried again every minute until it is delivered (a
 /// newer state of the same alert replaces it). Every failed attempt is logged, once per alert
 /// and route per minute at most.
@@ -985,7 +985,7 @@ async fn deliver_pipeline_alerts(
     cfg: Config,
     mut queued: tokio::sync::mpsc::UnboundedReceiver<crate::alerts::Alert>,
 ) {
-    use crate::alerts::route::route;
+    use crate::alerts::route::send;
     let routes = cfg.alerts;
     // alert id → (latest content, routes that still need it)
     let mut waiting: BTreeMap<String, (crate::alerts::Alert, Vec<&'static str>)> = BTreeMap::new();
@@ -993,7 +993,7 @@ async fn deliver_pipeline_alerts(
         let got = tokio::time::timeout(REDELIVER_EVERY, queued.recv()).await;
         match got {
             Ok(Some(a)) => {
-                route(std::slice::from_ref(&a), true, None, None);
+                send("stdout", std::slice::from_ref(&a), &routes);
                 let need = crate::alerts::route::configured(&routes);
                 if !need.is_empty() {
                     waiting.insert(a.id.clone(), (a, need));
@@ -1011,12 +1011,11 @@ async fn deliver_pipeline_alerts(
             batch
                 .into_iter()
                 .map(|(a, need)| {
-                    let log = r.log_file.as_deref().filter(|_| need.contains(&"log_file"));
-                    let hook = r.webhook.as_ref().filter(|_| need.contains(&"webhook"));
-                    (
-                        a.id.clone(),
-                        route(std::slice::from_ref(&a), false, log, hook),
-                    )
+                    let mut d = crate::alerts::route::Delivery::default();
+                    for route in need {
+                        d.absorb(send(route, std::slice::from_ref(&a), &r));
+                    }
+                    (a.id.clone(), d)
                 })
                 .collect::<Vec<_>>()
         })
