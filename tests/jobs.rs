@@ -1,8 +1,9 @@
 //! Issue #10: `jinryu run` does the contract's work by itself. Two services of one group against
-//! Apache Kafka, with `[jobs]` on and a 2-second interval: the data-quality alerts appear without
-//! any other command, the month before last's deliverable is built once into `deliverables/YYYY_MM/` (by one
-//! of the two), the CSV's obligation goes overdue and is reported, and the report whose handover
-//! was recorded is not.
+//! Apache Kafka, with `[jobs]` on and a 2-second interval, fed a month from four months back (a
+//! backlog): its data-quality alerts appear without any other command, its deliverable is built
+//! once into `deliverables/YYYY_MM/` (by one of the two), its CSV obligation is reported overdue
+//! and the report whose handover was recorded is not; a dead webhook is logged and raises one
+//! `job_failed`, not one per interval.
 
 mod support;
 
@@ -13,6 +14,11 @@ use std::time::{Duration, Instant};
 use jinryu::config::Config;
 use jinryu::sink::store::Storage;
 use support::*;
+
+/// `support::records`, for where the test's own `records` count shadows it.
+fn records_of(stream: &[u8]) -> u64 {
+    records(stream)
+}
 
 fn jinryu() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_jinryu"));
@@ -79,12 +85,13 @@ async fn the_service_runs_the_contracts_jobs_once_per_group() {
     let cfg = Config::load(&cfg_path).unwrap();
     let storage = Storage::open(&url).unwrap();
 
-    // The month before last (by the wall clock, which the service's jobs read): closed, its CSV
-    // due on the 5th business day of last month, so overdue whenever the test runs.
+    // Four months ago (by the wall clock, which the service's jobs read): closed, its CSV and
+    // report long overdue whenever the test runs, and older than the two months the obligations
+    // job always looks at: a backlog month is found through its deliverable.
     let (y, m) = {
         use chrono::Datelike;
         let today = chrono::Utc::now().date_naive();
-        let back = today.with_day(1).unwrap() - chrono::Months::new(2);
+        let back = today.with_day(1).unwrap() - chrono::Months::new(4);
         (back.year(), back.month())
     };
     let ym = format!("{y:04}-{m:02}");
@@ -144,6 +151,58 @@ async fn the_service_runs_the_contracts_jobs_once_per_group() {
     };
     // Let a few more intervals pass: nothing is built twice.
     tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // The gateway replays a morning of the 15th after the month was built: a revision is built
+    // with it (rev-2, once) and announced; the first deliverable stays as it was.
+    let first_manifest = std::fs::read(&manifest_path).unwrap();
+    let mut replay = String::new();
+    for (i, sensor) in ["J1-1", "J2-4"].iter().enumerate() {
+        for minute in 0..10 {
+            replay.push_str(&format!(
+                "{{\"sensor_id\":\"{sensor}\",\"ts\":\"{ym}-15T08:{minute:02}:{:02}+09:00\",\"direction\":\"north\",\"count\":2}}\n",
+                10 + i
+            ));
+        }
+    }
+    let extra = records_of(replay.as_bytes());
+    publish_stream(cfg.kafka.as_ref().unwrap(), replay.into_bytes())
+        .await
+        .unwrap();
+    wait_complete(&storage, records + extra, Duration::from_secs(120)).await;
+    let revision = data.join(format!("deliverables/{y_m}/rev-2/manifest.json"));
+    let t0 = Instant::now();
+    while !(revision.exists()
+        && std::fs::read_to_string(&alert_log)
+            .unwrap_or_default()
+            .contains("\"deliverable_revised\""))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no revision; service a:\n{}\nservice b:\n{}",
+            std::fs::read_to_string(tmp.path().join("a.log")).unwrap_or_default(),
+            std::fs::read_to_string(tmp.path().join("b.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(std::fs::read(&manifest_path).unwrap(), first_manifest);
+    assert!(
+        !data.join(format!("deliverables/{y_m}/rev-3")).exists(),
+        "one revision for one replay"
+    );
+    let csv = |dir: &str| {
+        std::fs::read_to_string(data.join(format!("deliverables/{dir}/{y_m}.csv"))).unwrap()
+    };
+    let morning = format!("{ym}-15,08:00,J1-1,J1,north,");
+    assert!(
+        csv(&y_m).contains(&format!("{morning},missing")),
+        "the first build had no 15th"
+    );
+    assert!(
+        csv(&format!("{y_m}/rev-2")).contains(&format!("{morning}20,")),
+        "the revision counts the replayed morning"
+    );
+
     sigterm(&mut a);
     sigterm(&mut b);
     let logs = [
@@ -152,7 +211,10 @@ async fn the_service_runs_the_contracts_jobs_once_per_group() {
     ];
     let builds: usize = logs
         .iter()
-        .map(|l| l.matches("deliverable built").count())
+        .map(|l| {
+            l.matches(&format!("deliverable built into deliverables/{y_m}/ "))
+                .count()
+        })
         .sum();
     assert_eq!(
         builds, 1,
@@ -170,7 +232,14 @@ async fn the_service_runs_the_contracts_jobs_once_per_group() {
         logs[1]
     );
     let final_log = std::fs::read_to_string(&alert_log).unwrap();
-    assert!(final_log.contains("\"job_failed\""), "{final_log}");
+    let failed_checks: Vec<serde_json::Value> = final_log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| a["kind"] == "job_failed" && a["evidence"]["job"] == "checks")
+        .collect();
+    // Raised once, not once per failing interval.
+    assert_eq!(failed_checks.len(), 1, "{failed_checks:#?}");
+    assert_eq!(failed_checks[0]["status"], "open");
 
     let overdue: Vec<serde_json::Value> = alerts
         .lines()

@@ -21,6 +21,80 @@ use crate::sink::store::Storage;
 const STATE: &str = "alerts/state.json";
 /// Alerts not yet delivered to every route: id → the routes the alert's latest content reached.
 const OUTBOX: &str = "alerts/outbox.json";
+/// Held while the alert state or the outbox is read, changed and written (see [`StateLock`]).
+const LOCK: &str = "alerts/.lock";
+/// A lock older than this was left by a process that died (a change holds it for seconds).
+const STALE_LOCK_MS: i64 = 5 * 60_000;
+/// How long a writer waits for the lock before it gives up with an error.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Exclusive use of the alert state and outbox: the jobs of `jinryu run` (any process of the
+/// group), an operator's `jinryu check` or `faults`, and delivery all read, change and write
+/// them; without a lock two of them could interleave and one's change (an alert, a queued
+/// delivery) be overwritten by the other's. An object created only if absent (`If-None-Match` on
+/// S3, an exclusive create on disk); a lock older than five minutes is taken over.
+struct StateLock<'a> {
+    storage: &'a Storage,
+}
+
+impl<'a> StateLock<'a> {
+    async fn take(storage: &'a Storage) -> anyhow::Result<StateLock<'a>> {
+        use object_store::{PutMode, PutOptions};
+        let path = Path::from(LOCK);
+        let t0 = std::time::Instant::now();
+        let me = format!("pid {} on {}", std::process::id(), hostname());
+        loop {
+            let now = chrono::Utc::now().timestamp_millis();
+            let body = serde_json::json!({"by": me, "at_ms": now});
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            match storage
+                .store()
+                .put_opts(&path, PutPayload::from(serde_json::to_vec(&body)?), opts)
+                .await
+            {
+                Ok(_) => return Ok(StateLock { storage }),
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(anyhow::anyhow!("{}: {e}", storage.describe(LOCK))),
+            }
+            let holder = match storage.store().get(&path).await {
+                Ok(got) => serde_json::from_slice::<serde_json::Value>(&got.bytes().await?)
+                    .unwrap_or_default(),
+                Err(object_store::Error::NotFound { .. }) => continue, // released meanwhile
+                Err(e) => return Err(anyhow::anyhow!("{}: {e}", storage.describe(LOCK))),
+            };
+            let since = holder["at_ms"].as_i64().unwrap_or(0);
+            if now - since > STALE_LOCK_MS {
+                tracing::warn!(holder = %holder["by"], "taking over a stale alert-state lock (its holder died)");
+                storage.store().delete(&path).await.ok();
+                continue;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < LOCK_WAIT,
+                "the alert state is locked by {} since {} ms ago; if no jinryu process is running, \
+                 delete {}",
+                holder["by"],
+                now - since,
+                storage.describe(LOCK)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn release(self) {
+        if let Err(e) = self.storage.store().delete(&Path::from(LOCK)).await {
+            tracing::warn!(error = %e, "could not release the alert-state lock; it expires in five minutes");
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
 
 /// One alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +237,27 @@ pub fn obligation_alert(
     }
 }
 
+/// A `deliverable_revised` alert: data of a month arrived after its deliverable was built, and
+/// a revision was built into `dir`.
+pub fn revision_alert(cfg: &Config, month: &str, dir: &str, now_ms: i64) -> Alert {
+    let mut a = pipeline_alert(
+        cfg,
+        "deliverable_revised",
+        now_ms,
+        now_ms,
+        true,
+        serde_json::json!({"month": month, "deliverable": dir}),
+        "Data of this month arrived after its deliverable was built (a gateway or a replay \
+         delivered it late), and a revision was built with it. If the first one was handed over, \
+         tell the client and hand over the revision (its manifest.json lists the files and \
+         checksums), then record it with `jinryu deliver`.",
+    );
+    a.severity = "warning".to_string();
+    // One alert per revision, however often the job looks.
+    a.id = alert_id("deliverable_revised", Some(dir), 0);
+    a
+}
+
 /// A `job_failed` alert: a job of `jinryu run` failed (open) or succeeded again (resolved).
 pub fn job_alert(
     cfg: &Config,
@@ -215,6 +310,18 @@ pub async fn stored(store: &dyn object_store::ObjectStore) -> anyhow::Result<Vec
 /// is gone); alerts of other kinds (obligations, failed jobs) are resolved only by whoever raised
 /// them, never by a check run that happens to cover their date.
 pub async fn merge(
+    storage: &Storage,
+    found: Vec<Alert>,
+    range_start_ms: i64,
+    range_end_ms: i64,
+) -> anyhow::Result<Changes> {
+    let lock = StateLock::take(storage).await?;
+    let result = merge_locked(storage, found, range_start_ms, range_end_ms).await;
+    lock.release().await;
+    result
+}
+
+async fn merge_locked(
     storage: &Storage,
     found: Vec<Alert>,
     range_start_ms: i64,
@@ -307,8 +414,12 @@ pub async fn deliver(
     to_stdout: bool,
     routes: &crate::config::AlertRoutes,
 ) -> anyhow::Result<(route::Delivery, usize)> {
-    let state = load(storage).await?;
-    let mut outbox = load_outbox(storage).await?;
+    // What to send: read under the lock, sent without it (a route may take minutes).
+    let lock = StateLock::take(storage).await?;
+    let snapshot =
+        async { Ok::<_, anyhow::Error>((load(storage).await?, load_outbox(storage).await?)) }.await;
+    lock.release().await;
+    let (state, outbox) = snapshot?;
     let mut wanted: Vec<&'static str> = Vec::new();
     if to_stdout {
         wanted.push("stdout");
@@ -333,15 +444,84 @@ pub async fn deliver(
         };
         d.absorb(one);
     }
-    for (id, r) in &d.delivered {
-        if let Some(done) = outbox.get_mut(id) {
-            done.insert(r.to_string());
+    // What was delivered, recorded against the outbox as it is now: an alert that changed while
+    // it was being sent keeps waiting for its new version.
+    let lock = StateLock::take(storage).await?;
+    let recorded = async {
+        let now_state = load(storage).await?;
+        let mut outbox = load_outbox(storage).await?;
+        let before = outbox.clone();
+        for (id, r) in &d.delivered {
+            if now_state.get(id) == state.get(id)
+                && let Some(done) = outbox.get_mut(id)
+            {
+                done.insert(r.to_string());
+            }
         }
+        outbox.retain(|id, done| {
+            now_state.contains_key(id) && !wanted.iter().all(|r| done.contains(*r))
+        });
+        if outbox != before {
+            save_outbox(storage, &outbox).await?;
+        }
+        Ok::<_, anyhow::Error>(outbox.len())
     }
-    let before = outbox.len();
-    outbox.retain(|id, done| state.contains_key(id) && !wanted.iter().all(|r| done.contains(*r)));
-    if outbox.len() != before || !d.delivered.is_empty() {
-        save_outbox(storage, &outbox).await?;
+    .await;
+    lock.release().await;
+    Ok((d, recorded?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writers in several tasks at once (the jobs, an operator's `check`, delivery): every alert
+    /// and every queued delivery survives, and a lock left by a dead process is taken over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_lose_nothing() {
+        let cfg = Config::chikaho("memory://");
+        let storage = Storage::open("memory://").unwrap();
+        // A lock left by a process that died long ago.
+        storage
+            .store()
+            .put(
+                &Path::from(LOCK),
+                PutPayload::from(r#"{"by":"pid 1 on gone","at_ms":0}"#),
+            )
+            .await
+            .unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let routes = crate::config::AlertRoutes {
+            log_file: Some(log.path().to_path_buf()),
+            ..Default::default()
+        };
+        let mut tasks = Vec::new();
+        for i in 0..24i64 {
+            let (s, c, r) = (storage.clone(), cfg.clone(), routes.clone());
+            tasks.push(tokio::spawn(async move {
+                let a = job_alert(&c, &format!("job{i}"), 1_000 * i, 1_000 * i, true, "x");
+                merge(&s, vec![a], 0, 0).await.unwrap();
+                if i % 3 == 0 {
+                    deliver(&s, false, &r).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let all = stored(storage.store().as_ref()).await.unwrap();
+        assert_eq!(all.len(), 24, "every merged alert is in the state");
+        // Whatever the interleaving, one more delivery empties the queue and every alert has
+        // reached the log (at least once: two deliveries may overlap).
+        deliver(&storage, false, &routes).await.unwrap();
+        assert_eq!(pending(&storage).await.unwrap(), 0);
+        let logged = std::fs::read_to_string(log.path()).unwrap();
+        for a in &all {
+            assert!(logged.contains(&a.id), "{} never delivered", a.id);
+        }
+        assert!(
+            storage.store().get(&Path::from(LOCK)).await.is_err(),
+            "the lock is released"
+        );
     }
-    Ok((d, outbox.len()))
 }

@@ -70,7 +70,7 @@ pub struct ReportInput<'a> {
 
 /// Alert kinds with their Japanese and English names: the data checks
 /// ([`super::checks::CHECKS`]) and the pipeline's own alerts.
-const KINDS: [(&str, &str, &str); 13] = [
+const KINDS: [(&str, &str, &str); 16] = [
     ("sensor_offline", "センサー停止", "sensor offline"),
     (
         "silent_but_alive",
@@ -116,6 +116,17 @@ const KINDS: [(&str, &str, &str); 13] = [
         "partition stopped",
     ),
     ("obligation_overdue", "提出期限の超過", "obligation overdue"),
+    (
+        "obligation_due_soon",
+        "提出期限の前日",
+        "obligation due soon",
+    ),
+    ("job_failed", "定期処理の失敗", "job failed"),
+    (
+        "deliverable_revised",
+        "納品データの改訂",
+        "deliverable revised",
+    ),
 ];
 
 fn ja(lang: Language) -> bool {

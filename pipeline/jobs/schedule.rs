@@ -126,8 +126,9 @@ async fn forget_old_slots(storage: &Storage, job: &str, interval_ms: i64, now: i
     }
 }
 
-/// Local dates that received files in the aggregates table's versions `first..=until`, read from the table's commit files. `None` when a commit file is gone (log cleanup):
-/// the caller then checks a wider span.
+/// Local dates that received data in the aggregates table's versions `first..=until`, read from
+/// the table's commit files (compaction's rewrites are not new data). `None` when a commit file
+/// is gone (log cleanup): the caller then looks at a wider span.
 async fn dates_added(storage: &Storage, first: u64, until: u64) -> Option<BTreeSet<NaiveDate>> {
     let mut dates = BTreeSet::new();
     for v in first..=until {
@@ -137,6 +138,10 @@ async fn dates_added(storage: &Storage, first: u64, until: u64) -> Option<BTreeS
             let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
                 continue;
             };
+            // Files re-added by compaction carry no new data (`dataChange: false`).
+            if action["add"]["dataChange"] == serde_json::Value::Bool(false) {
+                continue;
+            }
             if let Some(d) = action["add"]["partitionValues"]["date"].as_str()
                 && let Ok(d) = NaiveDate::parse_from_str(d, "%Y-%m-%d")
             {
@@ -273,11 +278,11 @@ pub async fn manifest(storage: &Storage, y: i32, m: u32) -> anyhow::Result<Optio
     }
 }
 
-/// Wins the build of a month's deliverable: claims `.claim-1`, `.claim-2` … in turn, taking
-/// over a claim older than an hour (its builder died).
-async fn claim_build(storage: &Storage, y: i32, m: u32, now: i64) -> anyhow::Result<bool> {
+/// Wins the build of a deliverable into `dir`: claims `.claim-1`, `.claim-2` … in turn, taking
+/// over a claim older than an hour (its builder died). The claim won, if any.
+async fn claim_build(storage: &Storage, dir: &str, now: i64) -> anyhow::Result<Option<Path>> {
     for n in 1..=100 {
-        let path = Path::from(format!("{}/.claim-{n}.json", month_dir(y, m)));
+        let path = Path::from(format!("{dir}/.claim-{n}.json"));
         if claim(
             storage,
             &path,
@@ -285,7 +290,7 @@ async fn claim_build(storage: &Storage, y: i32, m: u32, now: i64) -> anyhow::Res
         )
         .await?
         {
-            return Ok(true);
+            return Ok(Some(path));
         }
         let at = match storage.store().get(&path).await {
             Ok(got) => serde_json::from_slice::<serde_json::Value>(&got.bytes().await?)
@@ -295,20 +300,22 @@ async fn claim_build(storage: &Storage, y: i32, m: u32, now: i64) -> anyhow::Res
             Err(_) => 0,
         };
         if now - at < STALE_CLAIM_MS {
-            return Ok(false);
+            return Ok(None);
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
-/// Builds month `(y, m)`'s deliverable into `deliverables/YYYY_MM/` — the CSV in the configured
-/// format, its `.sha256`, the quality summary, the report, the fault-report drafts — then the
-/// manifest listing every file with its SHA-256. Readers trust only what the manifest lists.
+/// Builds month `(y, m)`'s deliverable into `dir` (`deliverables/YYYY_MM/`, or its `rev-N/`) —
+/// the CSV in the configured format, its `.sha256`, the quality summary, the report, the
+/// fault-report drafts — then the manifest listing every file with its SHA-256. Readers trust
+/// only what the manifest lists.
 pub async fn build_deliverable(
     cfg: &Config,
     storage: &Storage,
     y: i32,
     m: u32,
+    dir: &str,
 ) -> anyhow::Result<Manifest> {
     let format = match &cfg.jobs.monthly_format {
         Some(p) => jobs::format::Format::load(p).map_err(anyhow::Error::msg)?,
@@ -330,7 +337,7 @@ pub async fn build_deliverable(
         for name in names {
             let bytes = std::fs::read(tmp.join(&name))?;
             let sha = format!("{:x}", Sha256::digest(&bytes));
-            let path = Path::from(format!("{}/{name}", month_dir(y, m)));
+            let path = Path::from(format!("{dir}/{name}"));
             files.push(DeliverableFile {
                 name,
                 bytes: bytes.len() as u64,
@@ -345,7 +352,7 @@ pub async fn build_deliverable(
             aggregates_version: versions.aggregates,
             files,
         };
-        let path = Path::from(format!("{}/manifest.json", month_dir(y, m)));
+        let path = Path::from(format!("{dir}/manifest.json"));
         if !claim(storage, &path, serde_json::to_value(&manifest)?).await? {
             anyhow::bail!(
                 "the deliverable of {y:04}-{m:02} was published by another process meanwhile"
@@ -368,38 +375,155 @@ fn tempdir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// The monthly job: every closed month with data and no deliverable yet.
+/// Where the monthly job left off: the aggregates version it last looked at, and the built
+/// months that received data since they were built (a revision is due once their data settles).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MonthlyState {
+    aggregates_version: Option<u64>,
+    #[serde(default)]
+    revise: BTreeSet<(i32, u32)>,
+}
+
+/// The monthly job: every closed month with data and no deliverable yet, and a revision of every
+/// built month that received data after it was built (read incrementally from the aggregates
+/// log, so an old month costs nothing until data of it arrives). A month that received data
+/// since the last run is left for the next: while a gateway replays a backlog, its months are
+/// built once it has paused for a `check_interval`, not once per commit.
 pub async fn run_monthly(cfg: &Config, storage: &Storage) -> anyhow::Result<Vec<String>> {
     let now = now_ms();
+    let state_path = Path::from("jobs/monthly/state.json");
+    let mut state: MonthlyState = match storage.store().get(&state_path).await {
+        Ok(got) => serde_json::from_slice(&got.bytes().await?).unwrap_or_default(),
+        Err(object_store::Error::NotFound { .. }) => MonthlyState::default(),
+        Err(e) => return Err(e.into()),
+    };
     let ctx = jobs::context(cfg, storage).await?;
+    let current = jobs::read_versions(&ctx).aggregates;
     let months: BTreeSet<(i32, u32)> = jobs::dates_with_data(&ctx)
         .await?
         .iter()
         .map(|d| (d.year(), d.month()))
         .collect();
+    // Months that received data since the last run (on the first run: all of them, so that
+    // nothing is built from a backlog still being consumed).
+    let touched: BTreeSet<(i32, u32)> = match (state.aggregates_version, current) {
+        (None, _) => months.clone(),
+        (Some(last), Some(cur)) if cur > last => match dates_added(storage, last + 1, cur).await {
+            Some(dates) => dates.iter().map(|d| (d.year(), d.month())).collect(),
+            None => {
+                tracing::warn!(
+                    "cannot tell which built months received data since the last run (the \
+                     table's log was cleaned up meanwhile); if a gateway replayed a built month, \
+                     rebuild it with `jinryu monthly`"
+                );
+                BTreeSet::new()
+            }
+        },
+        _ => BTreeSet::new(),
+    };
     let mut built = Vec::new();
     for (y, m) in months {
-        // Every closed month with data and no deliverable, however old: a gateway replaying
-        // an old backlog gets its month built like the last one.
-        if manifest(storage, y, m).await?.is_some() || !month_closed(cfg, storage, y, m, now).await
-        {
+        let key = format!("{y:04}-{m:02}");
+        let revision = latest_revision(storage, y, m).await?;
+        if touched.contains(&(y, m)) {
+            // Data of the month is arriving: built (or revised) once it settles.
+            if revision.is_some() {
+                state.revise.insert((y, m));
+            }
             continue;
         }
-        if !claim_build(storage, y, m, now).await? {
+        let dir = match revision {
+            // Every closed month with data and no deliverable, however old: a gateway
+            // replaying an old backlog gets its month built like the last one.
+            None if month_closed(cfg, storage, y, m, now).await => month_dir(y, m),
+            None => continue,
+            // Built, and data of the month arrived after (a gateway replayed its backlog late):
+            // a revision, built like the first and announced by an alert.
+            Some(rev) if state.revise.contains(&(y, m)) => {
+                tracing::info!(month = %key, revision = rev + 1, "data arrived for a built month; building a revision");
+                format!("{}/rev-{}", month_dir(y, m), rev + 1)
+            }
+            Some(_) => continue,
+        };
+        // Whoever wins the claim builds it; a loser must not build the next revision later.
+        state.revise.remove(&(y, m));
+        let Some(claimed) = claim_build(storage, &dir, now).await? else {
             continue;
-        }
-        let manifest = build_deliverable(cfg, storage, y, m).await?;
+        };
+        let manifest = match build_deliverable(cfg, storage, y, m, &dir).await {
+            Ok(mf) => mf,
+            Err(e) => {
+                // Released, so the next run retries it (the month stays due: the state below
+                // is not saved).
+                storage.store().delete(&claimed).await.ok();
+                return Err(e);
+            }
+        };
         tracing::info!(
             month = %manifest.month,
             files = manifest.files.len(),
             aggregates_version = ?manifest.aggregates_version,
-            "deliverable built into {}/ (hand it over, then: jinryu deliver --month {})",
-            month_dir(y, m),
+            "deliverable built into {dir}/ (hand it over, then: jinryu deliver --month {})",
             manifest.month
         );
-        built.push(manifest.month);
+        if dir != month_dir(y, m) {
+            let alert = alerts::revision_alert(cfg, &key, &dir, now);
+            alerts::merge(storage, vec![alert], 0, 0).await?;
+            deliver(cfg, storage).await?;
+        }
+        built.push(dir);
     }
+    // Saved only when every build succeeded: a failed one is retried with the same months.
+    storage
+        .store()
+        .put(
+            &state_path,
+            PutPayload::from(serde_json::to_vec(&MonthlyState {
+                aggregates_version: current,
+                revise: state.revise,
+            })?),
+        )
+        .await?;
     Ok(built)
+}
+
+/// The newest revision of month `(y, m)`'s deliverable (1 = the first build), if it was built.
+async fn latest_revision(storage: &Storage, y: i32, m: u32) -> anyhow::Result<Option<u32>> {
+    if manifest(storage, y, m).await?.is_none() {
+        return Ok(None);
+    }
+    let mut latest = 1;
+    loop {
+        let path = Path::from(format!(
+            "{}/rev-{}/manifest.json",
+            month_dir(y, m),
+            latest + 1
+        ));
+        match storage.store().head(&path).await {
+            Ok(_) => latest += 1,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Some(latest)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Months with a deliverable (`deliverables/YYYY_MM/manifest.json`).
+async fn built_months(storage: &Storage) -> anyhow::Result<Vec<(i32, u32)>> {
+    use futures::TryStreamExt;
+    let listed: Vec<_> = storage
+        .store()
+        .list(Some(&Path::from("deliverables")))
+        .try_collect()
+        .await?;
+    Ok(listed
+        .iter()
+        .filter(|o| o.location.filename() == Some("manifest.json"))
+        .filter_map(|o| {
+            let dir = o.location.parts().nth(1)?;
+            let (y, m) = dir.as_ref().split_once('_')?;
+            Some((y.parse().ok()?, m.parse().ok()?))
+        })
+        .collect())
 }
 
 /// The obligations job: an `obligation_due_soon` alert on the business day before a due date,
@@ -412,8 +536,15 @@ pub async fn run_obligations(cfg: &Config, storage: &Storage) -> anyhow::Result<
         let back = today - chrono::Days::new(62);
         (back.year(), back.month())
     };
+    // The last two months and every month whose deliverable was built (a backlog replayed
+    // long after its month still owes its CSV and report).
+    let mut months: BTreeSet<(i32, u32)> =
+        obligations::months_between(first, (today.year(), today.month()))
+            .into_iter()
+            .collect();
+    months.extend(built_months(storage).await?);
     let mut raised: Vec<Alert> = Vec::new();
-    for (y, m) in obligations::months_between(first, (today.year(), today.month())) {
+    for (y, m) in months {
         for o in obligations::of_month(cfg, storage, &stored, y, m).await? {
             let status = o.status(today);
             for kind in ["obligation_due_soon", "obligation_overdue"] {
@@ -536,14 +667,9 @@ async fn job<T: std::fmt::Debug>(
         });
     let alert = match (&failed, known_open) {
         (Some(e), None) => Some(alerts::job_alert(cfg, name, now, now, true, e)),
-        (Some(e), Some(open)) => Some(alerts::job_alert(
-            cfg,
-            name,
-            open.start_ms,
-            open.end_ms,
-            true,
-            e,
-        )),
+        // Still failing: the open alert stands as it was sent (the current error is in /healthz
+        // and the log); a new version every interval would page the operator every interval.
+        (Some(_), Some(_)) => None,
         (None, Some(open)) => Some(alerts::job_alert(cfg, name, open.start_ms, now, false, "")),
         (None, None) => None,
     };
