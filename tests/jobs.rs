@@ -136,7 +136,7 @@ async fn the_service_runs_the_contracts_jobs_once_per_group() {
         let done = log
             .lines()
             .any(|l| l.contains("\"sensor_offline\"") && l.contains(&silent_start))
-            && log.contains("\"obligation_overdue\"")
+            && log.contains(&format!("\"obligation\":\"csv:{ym}\""))
             && manifest_path.exists();
         if done {
             break log;

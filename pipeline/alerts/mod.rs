@@ -23,16 +23,18 @@ const STATE: &str = "alerts/state.json";
 const OUTBOX: &str = "alerts/outbox.json";
 /// Held while the alert state or the outbox is read, changed and written (see [`StateLock`]).
 const LOCK: &str = "alerts/.lock";
-/// A lock older than this was left by a process that died (a change holds it for seconds).
-const STALE_LOCK_MS: i64 = 5 * 60_000;
-/// How long a writer waits for the lock before it gives up with an error.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// A lock older than this was left by a process that died (a change holds it for a moment:
+/// read, change and write two small objects).
+const STALE_LOCK_MS: i64 = 60_000;
+/// How long a writer waits for the lock before it gives up with an error (longer than a stale
+/// lock lives, so a crashed holder never makes writers fail).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Exclusive use of the alert state and outbox: the jobs of `jinryu run` (any process of the
 /// group), an operator's `jinryu check` or `faults`, and delivery all read, change and write
 /// them; without a lock two of them could interleave and one's change (an alert, a queued
 /// delivery) be overwritten by the other's. An object created only if absent (`If-None-Match` on
-/// S3, an exclusive create on disk); a lock older than five minutes is taken over.
+/// S3, an exclusive create on disk); a lock older than a minute is taken over, by one waiter.
 struct StateLock<'a> {
     storage: &'a Storage,
 }
@@ -67,9 +69,26 @@ impl<'a> StateLock<'a> {
             };
             let since = holder["at_ms"].as_i64().unwrap_or(0);
             if now - since > STALE_LOCK_MS {
-                tracing::warn!(holder = %holder["by"], "taking over a stale alert-state lock (its holder died)");
-                storage.store().delete(&path).await.ok();
-                continue;
+                // Only one waiter may remove this stale lock: the one that creates its takeover
+                // marker (otherwise a slow second waiter could delete the first one's new lock).
+                let marker = Path::from(format!("{LOCK}-takeover-{since}"));
+                let won = storage
+                    .store()
+                    .put_opts(
+                        &marker,
+                        PutPayload::from(serde_json::to_vec(&body)?),
+                        PutOptions {
+                            mode: PutMode::Create,
+                            ..PutOptions::default()
+                        },
+                    )
+                    .await
+                    .is_ok();
+                if won {
+                    tracing::warn!(holder = %holder["by"], "taking over a stale alert-state lock (its holder died)");
+                    storage.store().delete(&path).await.ok();
+                    continue;
+                }
             }
             anyhow::ensure!(
                 t0.elapsed() < LOCK_WAIT,

@@ -206,10 +206,23 @@ fn to_webhook(w: &Webhook, ca_file: Option<&Path>, alerts: &[Alert], d: &mut Del
         }
     }
     let agent = agent.build();
+    // Once the endpoint cannot be reached at all, the rest of this pass is not tried: a hundred
+    // queued alerts must not hold the jobs for attempts × timeout each.
+    let mut unreachable: Option<String> = None;
     for a in alerts {
+        if let Some(why) = &unreachable {
+            d.webhook_failed += 1;
+            d.errors.push(format!(
+                "webhook {}: alert {} not tried (the endpoint failed earlier in this pass: {why})",
+                shown_url(&w.url),
+                a.id
+            ));
+            continue;
+        }
         let body = serde_json::to_string(a).expect("alert serialises");
         let mut last_err = String::new();
         let mut ok = false;
+        let mut transport_failed = false;
         for attempt in 0..w.attempts.max(1) {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(500 << (attempt - 1).min(4)));
@@ -224,13 +237,17 @@ fn to_webhook(w: &Webhook, ca_file: Option<&Path>, alerts: &[Alert], d: &mut Del
                     break;
                 }
                 Ok(r) => {
+                    transport_failed = false;
                     last_err = format!(
                         "HTTP status {} (only 2xx counts as delivered; redirects are not followed)",
                         r.status()
                     )
                 }
                 // ureq's own messages quote the URL, credentials included: not used.
-                Err(ureq::Error::Status(code, _)) => last_err = format!("HTTP status {code}"),
+                Err(ureq::Error::Status(code, _)) => {
+                    transport_failed = false;
+                    last_err = format!("HTTP status {code}")
+                }
                 Err(ureq::Error::Transport(t)) => {
                     // The causes (a TLS alert, "invalid peer certificate: UnknownIssuer", an
                     // I/O error) do not quote the URL; ureq's Display of `t` would.
@@ -240,9 +257,13 @@ fn to_webhook(w: &Webhook, ca_file: Option<&Path>, alerts: &[Alert], d: &mut Del
                         why.push_str(&format!(": {c}"));
                         cause = c.source();
                     }
-                    last_err = why
+                    last_err = why;
+                    transport_failed = true;
                 }
             }
+        }
+        if !ok && transport_failed {
+            unreachable = Some(last_err.clone());
         }
         if ok {
             d.webhook_delivered += 1;
@@ -368,21 +389,16 @@ fn to_email(e: &Email, ca_file: Option<&Path>, alerts: &[Alert], d: &mut Deliver
     }
 }
 
-/// A URL as logs and errors show it: without user info, query or fragment, which may carry
-/// credentials (`https://user:pass@host/hook?token=...` → `https://host/hook?…`).
+/// A URL as logs, errors and alerts show it: scheme, host and port only. User info, query and
+/// fragment may carry credentials, and so may the path (Slack, Teams and Discord webhooks carry
+/// their token there): `https://user:pass@hooks.example/services/T0/B0/s3cret?x` →
+/// `https://hooks.example/…`.
 pub fn shown_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) => {
-            let hidden = u.query().is_some() || u.fragment().is_some();
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            let mut s = u.to_string();
-            if hidden {
-                s.push_str("?…");
-            }
-            s
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("");
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{host}{port}/…", u.scheme())
         }
         Err(_) => "(a URL that does not parse; not shown)".to_string(),
     }
@@ -405,8 +421,12 @@ mod tests {
         }
         assert_eq!(
             shown_url("http://u:p@127.0.0.1:9000/hook?t=1"),
-            "http://127.0.0.1:9000/hook?…"
+            "http://127.0.0.1:9000/…"
         );
-        assert_eq!(shown_url("http://127.0.0.1/hook"), "http://127.0.0.1/hook");
+        assert_eq!(
+            shown_url("https://hooks.slack.com/services/T0/B0/s3cretToken"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(shown_url("http://127.0.0.1/hook"), "http://127.0.0.1/…");
     }
 }

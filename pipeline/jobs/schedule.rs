@@ -9,7 +9,7 @@
 //! check*, however old: a gateway replaying a week is checked like today. The dates come from
 //! the aggregates table's log (the `date` of each file added since the version last checked).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,14 +126,23 @@ async fn forget_old_slots(storage: &Storage, job: &str, interval_ms: i64, now: i
     }
 }
 
-/// Local dates that received data in the aggregates table's versions `first..=until`, read from
-/// the table's commit files (compaction's rewrites are not new data). `None` when a commit file
-/// is gone (log cleanup): the caller then looks at a wider span.
-async fn dates_added(storage: &Storage, first: u64, until: u64) -> Option<BTreeSet<NaiveDate>> {
-    let mut dates = BTreeSet::new();
+/// Local dates that received data in the aggregates table's versions `first..=until`, each with
+/// the last version that brought it data, read from the table's commit files (compaction's
+/// rewrites are not new data). `None` when a commit file is gone (log cleanup): the caller then
+/// looks at a wider span; any other storage error is an error (retried at the next run).
+async fn dates_added(
+    storage: &Storage,
+    first: u64,
+    until: u64,
+) -> anyhow::Result<Option<std::collections::BTreeMap<NaiveDate, u64>>> {
+    let mut dates = std::collections::BTreeMap::new();
     for v in first..=until {
         let path = Path::from(format!("aggregates/_delta_log/{v:020}.json"));
-        let bytes = storage.store().get(&path).await.ok()?.bytes().await.ok()?;
+        let bytes = match storage.store().get(&path).await {
+            Ok(got) => got.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
                 continue;
@@ -145,11 +154,11 @@ async fn dates_added(storage: &Storage, first: u64, until: u64) -> Option<BTreeS
             if let Some(d) = action["add"]["partitionValues"]["date"].as_str()
                 && let Ok(d) = NaiveDate::parse_from_str(d, "%Y-%m-%d")
             {
-                dates.insert(d);
+                dates.insert(d, v);
             }
         }
     }
-    Some(dates)
+    Ok(Some(dates))
 }
 
 /// Longest span one check run covers (memory stays bounded on a backlog of months).
@@ -178,6 +187,7 @@ fn spans(dates: &BTreeSet<NaiveDate>) -> Vec<(NaiveDate, NaiveDate)> {
 pub async fn run_checks(cfg: &Config, storage: &Storage) -> anyhow::Result<usize> {
     let state_path = Path::from("jobs/checks/state.json");
     let state: CheckState = match storage.store().get(&state_path).await {
+        // Damaged: start over (every date of the table is checked once; nothing is skipped).
         Ok(got) => serde_json::from_slice(&got.bytes().await?).unwrap_or_default(),
         Err(object_store::Error::NotFound { .. }) => CheckState::default(),
         Err(e) => return Err(e.into()),
@@ -192,8 +202,8 @@ pub async fn run_checks(cfg: &Config, storage: &Storage) -> anyhow::Result<usize
     let ctx = jobs::context(cfg, storage).await?;
     if let Some(cur) = current {
         let first = state.aggregates_version.map_or(0, |v| v + 1);
-        match dates_added(storage, first, cur).await {
-            Some(d) => dates.extend(d),
+        match dates_added(storage, first, cur).await? {
+            Some(d) => dates.extend(d.into_keys()),
             // The commits since the last check are gone (log cleanup) or unreadable: every date
             // of the table, checked span by span. Slow once, never a gap.
             None => {
@@ -216,7 +226,8 @@ pub async fn run_checks(cfg: &Config, storage: &Storage) -> anyhow::Result<usize
             .changed
             .len();
     }
-    deliver(cfg, storage).await?;
+    // The dates are checked and their alerts queued: a failing route below must not make the
+    // next run check them again.
     storage
         .store()
         .put(
@@ -226,6 +237,7 @@ pub async fn run_checks(cfg: &Config, storage: &Storage) -> anyhow::Result<usize
             })?),
         )
         .await?;
+    deliver(cfg, storage).await?;
     Ok(changed)
 }
 
@@ -380,8 +392,9 @@ fn tempdir() -> anyhow::Result<std::path::PathBuf> {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct MonthlyState {
     aggregates_version: Option<u64>,
+    /// Built month → the last aggregates version that brought it data.
     #[serde(default)]
-    revise: BTreeSet<(i32, u32)>,
+    revise: Vec<((i32, u32), u64)>,
 }
 
 /// The monthly job: every closed month with data and no deliverable yet, and a revision of every
@@ -391,9 +404,14 @@ struct MonthlyState {
 /// built once it has paused for a `check_interval`, not once per commit.
 pub async fn run_monthly(cfg: &Config, storage: &Storage) -> anyhow::Result<Vec<String>> {
     let now = now_ms();
-    let state_path = Path::from("jobs/monthly/state.json");
-    let mut state: MonthlyState = match storage.store().get(&state_path).await {
-        Ok(got) => serde_json::from_slice(&got.bytes().await?).unwrap_or_default(),
+    let state: MonthlyState = match storage.store().get(&Path::from(MONTHLY_STATE)).await {
+        Ok(got) => serde_json::from_slice(&got.bytes().await?).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is damaged ({e}); delete it (the job then waits one interval and builds what \
+                 is missing; revisions due meanwhile are not built)",
+                storage.describe(MONTHLY_STATE)
+            )
+        })?,
         Err(object_store::Error::NotFound { .. }) => MonthlyState::default(),
         Err(e) => return Err(e.into()),
     };
@@ -404,12 +422,21 @@ pub async fn run_monthly(cfg: &Config, storage: &Storage) -> anyhow::Result<Vec<
         .iter()
         .map(|d| (d.year(), d.month()))
         .collect();
+    let mut revise: BTreeMap<(i32, u32), u64> = state.revise.iter().copied().collect();
     // Months that received data since the last run (on the first run: all of them, so that
-    // nothing is built from a backlog still being consumed).
+    // nothing is built from a backlog still being consumed; no revision follows from that).
     let touched: BTreeSet<(i32, u32)> = match (state.aggregates_version, current) {
         (None, _) => months.clone(),
-        (Some(last), Some(cur)) if cur > last => match dates_added(storage, last + 1, cur).await {
-            Some(dates) => dates.iter().map(|d| (d.year(), d.month())).collect(),
+        (Some(last), Some(cur)) if cur > last => match dates_added(storage, last + 1, cur).await? {
+            Some(dates) => {
+                let mut touched = BTreeSet::new();
+                for (d, v) in dates {
+                    touched.insert((d.year(), d.month()));
+                    let e = revise.entry((d.year(), d.month())).or_insert(v);
+                    *e = (*e).max(v);
+                }
+                touched
+            }
             None => {
                 tracing::warn!(
                     "cannot tell which built months received data since the last run (the \
@@ -423,42 +450,45 @@ pub async fn run_monthly(cfg: &Config, storage: &Storage) -> anyhow::Result<Vec<
     };
     let mut built = Vec::new();
     for (y, m) in months {
-        let key = format!("{y:04}-{m:02}");
-        let revision = latest_revision(storage, y, m).await?;
         if touched.contains(&(y, m)) {
-            // Data of the month is arriving: built (or revised) once it settles.
-            if revision.is_some() {
-                state.revise.insert((y, m));
-            }
-            continue;
+            continue; // data of the month is arriving: built (or revised) once it settles
         }
-        let dir = match revision {
+        let key = format!("{y:04}-{m:02}");
+        let dir = match latest_manifest(storage, y, m).await? {
             // Every closed month with data and no deliverable, however old: a gateway
             // replaying an old backlog gets its month built like the last one.
             None if month_closed(cfg, storage, y, m, now).await => month_dir(y, m),
             None => continue,
-            // Built, and data of the month arrived after (a gateway replayed its backlog late):
-            // a revision, built like the first and announced by an alert.
-            Some(rev) if state.revise.contains(&(y, m)) => {
-                tracing::info!(month = %key, revision = rev + 1, "data arrived for a built month; building a revision");
-                format!("{}/rev-{}", month_dir(y, m), rev + 1)
-            }
-            Some(_) => continue,
+            // Built, and data of the month arrived after the build read the table (a gateway
+            // replayed its backlog late): a revision, built like the first, with an alert.
+            Some((rev, built_from)) => match revise.get(&(y, m)) {
+                Some(&v) if built_from.is_none_or(|b| v > b) => {
+                    tracing::info!(month = %key, revision = rev + 1, "data arrived for a built month; building a revision");
+                    format!("{}/rev-{}", month_dir(y, m), rev + 1)
+                }
+                Some(_) => {
+                    revise.remove(&(y, m)); // the newest build has that data already
+                    continue;
+                }
+                None => continue,
+            },
         };
-        // Whoever wins the claim builds it; a loser must not build the next revision later.
-        state.revise.remove(&(y, m));
+        // A claim lost to another process keeps the month due here: the next run sees that
+        // process's manifest, or builds it if that build failed.
         let Some(claimed) = claim_build(storage, &dir, now).await? else {
             continue;
         };
         let manifest = match build_deliverable(cfg, storage, y, m, &dir).await {
             Ok(mf) => mf,
             Err(e) => {
-                // Released, so the next run retries it (the month stays due: the state below
-                // is not saved).
+                // Released, so the next run retries it (the month stays due).
                 storage.store().delete(&claimed).await.ok();
                 return Err(e);
             }
         };
+        revise.remove(&(y, m));
+        // Recorded at once: whatever fails below must not make the next run build it again.
+        save_monthly_state(storage, state.aggregates_version, &revise).await?;
         tracing::info!(
             month = %manifest.month,
             files = manifest.files.len(),
@@ -469,38 +499,60 @@ pub async fn run_monthly(cfg: &Config, storage: &Storage) -> anyhow::Result<Vec<
         if dir != month_dir(y, m) {
             let alert = alerts::revision_alert(cfg, &key, &dir, now);
             alerts::merge(storage, vec![alert], 0, 0).await?;
-            deliver(cfg, storage).await?;
+            // A failing route keeps the alert queued; the checks job delivers it again.
+            if let Err(e) = deliver(cfg, storage).await {
+                tracing::warn!(error = %format!("{e:#}"), "the revision's alert waits for its routes");
+            }
         }
         built.push(dir);
     }
-    // Saved only when every build succeeded: a failed one is retried with the same months.
-    storage
-        .store()
-        .put(
-            &state_path,
-            PutPayload::from(serde_json::to_vec(&MonthlyState {
-                aggregates_version: current,
-                revise: state.revise,
-            })?),
-        )
-        .await?;
+    save_monthly_state(storage, current, &revise).await?;
     Ok(built)
 }
 
-/// The newest revision of month `(y, m)`'s deliverable (1 = the first build), if it was built.
-async fn latest_revision(storage: &Storage, y: i32, m: u32) -> anyhow::Result<Option<u32>> {
-    if manifest(storage, y, m).await?.is_none() {
+const MONTHLY_STATE: &str = "jobs/monthly/state.json";
+
+async fn save_monthly_state(
+    storage: &Storage,
+    version: Option<u64>,
+    revise: &BTreeMap<(i32, u32), u64>,
+) -> anyhow::Result<()> {
+    let state = MonthlyState {
+        aggregates_version: version,
+        revise: revise.iter().map(|(k, v)| (*k, *v)).collect(),
+    };
+    storage
+        .store()
+        .put(
+            &Path::from(MONTHLY_STATE),
+            PutPayload::from(serde_json::to_vec(&state)?),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The newest deliverable of month `(y, m)`: its revision (1 = the first build) and the
+/// aggregates version it was built from.
+async fn latest_manifest(
+    storage: &Storage,
+    y: i32,
+    m: u32,
+) -> anyhow::Result<Option<(u32, Option<u64>)>> {
+    let Some(first) = manifest(storage, y, m).await? else {
         return Ok(None);
-    }
-    let mut latest = 1;
+    };
+    let mut latest = (1, first.aggregates_version);
     loop {
         let path = Path::from(format!(
             "{}/rev-{}/manifest.json",
             month_dir(y, m),
-            latest + 1
+            latest.0 + 1
         ));
-        match storage.store().head(&path).await {
-            Ok(_) => latest += 1,
+        match storage.store().get(&path).await {
+            Ok(got) => {
+                let mf: Manifest = serde_json::from_slice(&got.bytes().await?)?;
+                latest = (latest.0 + 1, mf.aggregates_version);
+            }
             Err(object_store::Error::NotFound { .. }) => return Ok(Some(latest)),
             Err(e) => return Err(e.into()),
         }
@@ -543,6 +595,20 @@ pub async fn run_obligations(cfg: &Config, storage: &Storage) -> anyhow::Result<
             .into_iter()
             .collect();
     months.extend(built_months(storage).await?);
+    // And the months of obligation alerts still open, so each is resolved once it is met,
+    // however old (an obligation falls due in its month or the next).
+    for a in &stored {
+        if a.kind.starts_with("obligation_")
+            && a.status == "open"
+            && let Some(due) = a.evidence["due"]
+                .as_str()
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        {
+            let before = due.with_day(1).expect("first day") - chrono::Days::new(1);
+            months.insert((due.year(), due.month()));
+            months.insert((before.year(), before.month()));
+        }
+    }
     let mut raised: Vec<Alert> = Vec::new();
     for (y, m) in months {
         for o in obligations::of_month(cfg, storage, &stored, y, m).await? {
