@@ -400,8 +400,9 @@ struct MonthlyState {
 /// The monthly job: every closed month with data and no deliverable yet, and a revision of every
 /// built month that received data after it was built (read incrementally from the aggregates
 /// log, so an old month costs nothing until data of it arrives). A month that received data
-/// since the last run is left for the next: while a gateway replays a backlog, its months are
-/// built once it has paused for a `check_interval`, not once per commit.
+/// since the last run, or has windows that are not final in some partition, is left for a
+/// later run: while a gateway replays a backlog, its months are built once it has paused for a
+/// `check_interval` and its windows are final, not once per commit.
 pub async fn run_monthly(cfg: &Config, storage: &Storage) -> anyhow::Result<Vec<String>> {
     let now = now_ms();
     let state: MonthlyState = match storage.store().get(&Path::from(MONTHLY_STATE)).await {
@@ -448,9 +449,20 @@ pub async fn run_monthly(cfg: &Config, storage: &Storage) -> anyhow::Result<Vec<
         },
         _ => BTreeSet::new(),
     };
+    // Months with windows not final yet in some partition (their rows are still to come, e.g.
+    // when a quiet partition's clock moves on after a replay).
+    let held: BTreeSet<(i32, u32)> = crate::sink::checkpoint::committed(storage)
+        .await?
+        .iter()
+        .flat_map(|c| c.state.open.iter().chain(&c.state.late))
+        .map(|a| {
+            let d = cfg.window.local(a.window_start).date_naive();
+            (d.year(), d.month())
+        })
+        .collect();
     let mut built = Vec::new();
     for (y, m) in months {
-        if touched.contains(&(y, m)) {
+        if touched.contains(&(y, m)) || held.contains(&(y, m)) {
             continue; // data of the month is arriving: built (or revised) once it settles
         }
         let key = format!("{y:04}-{m:02}");
