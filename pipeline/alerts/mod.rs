@@ -41,24 +41,18 @@ struct StateLock<'a> {
 
 impl<'a> StateLock<'a> {
     async fn take(storage: &'a Storage) -> anyhow::Result<StateLock<'a>> {
-        use object_store::{PutMode, PutOptions};
         let path = Path::from(LOCK);
         let t0 = std::time::Instant::now();
-        let me = format!("pid {} on {}", std::process::id(), hostname());
+        let me = crate::sink::store::holder();
         loop {
             let now = chrono::Utc::now().timestamp_millis();
             let body = serde_json::json!({"by": me, "at_ms": now});
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..PutOptions::default()
-            };
             match storage
-                .store()
-                .put_opts(&path, PutPayload::from(serde_json::to_vec(&body)?), opts)
+                .create_if_absent(&path, serde_json::to_vec(&body)?)
                 .await
             {
-                Ok(_) => return Ok(StateLock { storage }),
-                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Ok(true) => return Ok(StateLock { storage }),
+                Ok(false) => {}
                 Err(e) => return Err(anyhow::anyhow!("{}: {e}", storage.describe(LOCK))),
             }
             let holder = match storage.store().get(&path).await {
@@ -73,17 +67,9 @@ impl<'a> StateLock<'a> {
                 // marker (otherwise a slow second waiter could delete the first one's new lock).
                 let marker = Path::from(format!("{LOCK}-takeover-{since}"));
                 let won = storage
-                    .store()
-                    .put_opts(
-                        &marker,
-                        PutPayload::from(serde_json::to_vec(&body)?),
-                        PutOptions {
-                            mode: PutMode::Create,
-                            ..PutOptions::default()
-                        },
-                    )
+                    .create_if_absent(&marker, serde_json::to_vec(&body)?)
                     .await
-                    .is_ok();
+                    .unwrap_or(false);
                 if won {
                     tracing::warn!(holder = %holder["by"], "taking over a stale alert-state lock (its holder died)");
                     storage.store().delete(&path).await.ok();
@@ -104,15 +90,9 @@ impl<'a> StateLock<'a> {
 
     async fn release(self) {
         if let Err(e) = self.storage.store().delete(&Path::from(LOCK)).await {
-            tracing::warn!(error = %e, "could not release the alert-state lock; it expires in five minutes");
+            tracing::warn!(error = %e, "could not release the alert-state lock; it is taken over after a minute");
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 /// One alert.

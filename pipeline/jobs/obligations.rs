@@ -6,8 +6,8 @@
 //! two operators recording the same handover cannot overwrite each other.
 
 use chrono::{Datelike, NaiveDate};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::Alert;
@@ -185,31 +185,19 @@ pub async fn handover(storage: &Storage, id: &str) -> anyhow::Result<Option<Hand
 /// Records that obligation `id` was met. Refused (with the earlier record) if it was already
 /// recorded: a handover is evidence and is never overwritten.
 pub async fn record(storage: &Storage, id: &str, h: &Handover) -> anyhow::Result<()> {
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    match storage
-        .store()
-        .put_opts(
-            &handover_path(id),
-            PutPayload::from(serde_json::to_vec_pretty(h)?),
-            opts,
-        )
-        .await
+    if storage
+        .create_if_absent(&handover_path(id), serde_json::to_vec_pretty(h)?)
+        .await?
     {
-        Ok(_) => Ok(()),
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            let earlier = handover(storage, id).await?;
-            anyhow::bail!(
-                "the handover of {id} was already recorded: {}; a record is never overwritten",
-                earlier
-                    .map(|e| format!("{} by {}", e.at, e.by))
-                    .unwrap_or_default()
-            )
-        }
-        Err(e) => Err(e.into()),
+        return Ok(());
     }
+    let earlier = handover(storage, id).await?;
+    anyhow::bail!(
+        "the handover of {id} was already recorded: {}; a record is never overwritten",
+        earlier
+            .map(|e| format!("{} by {}", e.at, e.by))
+            .unwrap_or_default()
+    )
 }
 
 /// Months from `first` to `last` inclusive.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{Datelike, NaiveDate};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -60,28 +60,11 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn who() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("jinryu run on {host} (pid {})", std::process::id())
-}
-
 /// Creates `path` if it does not exist; false when another process created it first.
 async fn claim(storage: &Storage, path: &Path, body: serde_json::Value) -> anyhow::Result<bool> {
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    match storage
-        .store()
-        .put_opts(path, PutPayload::from(serde_json::to_vec(&body)?), opts)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    Ok(storage
+        .create_if_absent(path, serde_json::to_vec(&body)?)
+        .await?)
 }
 
 /// Wins the run of `job` in the slot of `interval_ms` that `now` falls in.
@@ -96,7 +79,7 @@ async fn claim_slot(
     claim(
         storage,
         &path,
-        serde_json::json!({"by": who(), "at_ms": now}),
+        serde_json::json!({"by": crate::sink::store::holder(), "at_ms": now}),
     )
     .await
 }
@@ -298,7 +281,7 @@ async fn claim_build(storage: &Storage, dir: &str, now: i64) -> anyhow::Result<O
         if claim(
             storage,
             &path,
-            serde_json::json!({"by": who(), "at_ms": now}),
+            serde_json::json!({"by": crate::sink::store::holder(), "at_ms": now}),
         )
         .await?
         {
@@ -360,7 +343,7 @@ pub async fn build_deliverable(
         let manifest = Manifest {
             month: format!("{y:04}-{m:02}"),
             built_at: cfg.window.local(now_ms()).to_rfc3339(),
-            built_by: who(),
+            built_by: crate::sink::store::holder(),
             aggregates_version: versions.aggregates,
             files,
         };

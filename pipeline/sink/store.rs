@@ -115,6 +115,25 @@ impl Storage {
         }
     }
 
+    /// Writes `bytes` to `path` only if nothing is there (`If-None-Match: *` on S3, an exclusive
+    /// create on disk): false when another writer created it first. Claims, locks and evidence
+    /// that must never be overwritten are written this way.
+    pub async fn create_if_absent(
+        &self,
+        path: &object_store::path::Path,
+        bytes: Vec<u8>,
+    ) -> object_store::Result<bool> {
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..object_store::PutOptions::default()
+        };
+        match self.store.put_opts(path, bytes.into(), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Where a table lives, for humans (a directory or a URL).
     pub fn describe(&self, table: &str) -> String {
         match &self.local_dir {
@@ -378,6 +397,15 @@ fn open_s3(url: &str) -> anyhow::Result<Storage> {
         url: url.to_string(),
         local_dir: None,
     })
+}
+
+/// This process, as claims and locks name their holder: `jinryu on HOST (pid N)`.
+pub fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("jinryu on {host} (pid {})", std::process::id())
 }
 
 #[cfg(test)]
