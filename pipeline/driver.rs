@@ -91,6 +91,27 @@ impl Driver {
         self.stage.flush_all(&mut self.rows);
     }
 
+    /// How many rows at the front of the buffer belong to local days that are over: a later day's
+    /// window is already final. A file run writes them then (one file per day, and a month of
+    /// input never waits in memory); the rows of final windows are in window order until the
+    /// epoch is sealed, which this relies on.
+    pub fn whole_days(&self, spec: &crate::window::time::WindowSpec) -> usize {
+        let (Some(first), Some(last)) = (self.rows.first(), self.rows.last()) else {
+            return 0;
+        };
+        let last_day = spec.local_date(last.window_start);
+        if spec.local_date(first.window_start) == last_day {
+            return 0;
+        }
+        let cut = spec.day_start(last_day);
+        self.rows.partition_point(|r| r.window_start < cut)
+    }
+
+    /// Takes the first `n` rows of the buffer (see [`Driver::whole_days`]).
+    pub fn take_rows(&mut self, n: usize) -> Vec<AggRow> {
+        self.rows.drain(..n).collect()
+    }
+
     /// The sealed epoch.
     pub fn epoch(&self) -> (&[AggRow], &[QuarantineRecord]) {
         (&self.rows, &self.quarantine)

@@ -185,6 +185,12 @@ pub async fn ingest(
                 report.rows_written += w.agg_rows as u64;
             }
         }
+        let whole = driver.whole_days(&cfg.window);
+        if whole > 0 {
+            let mut rows = driver.take_rows(whole);
+            let w = writer.write_epoch(&mut rows, &mut Vec::new()).await?;
+            report.rows_written += w.agg_rows as u64;
+        }
         if last_progress.elapsed() >= opts.progress_every {
             last_progress = Instant::now();
             let secs = t0.elapsed().as_secs_f64();

@@ -381,4 +381,101 @@ async fn dst_zone_day_boundaries() {
         .unwrap();
     let n: usize = parts.iter().map(|b| b.num_rows()).sum();
     assert_eq!(n, 1, "all rows of the local day sit in date=2025-10-26");
+    grid_is_the_sql_definition(&ctx, &cfg, 2025, 10).await;
+}
+
+/// `monthly::month_grid` (streamed into a grid) gives exactly the cells of
+/// `sql/monthly_long.sql` (the definition): same order, status and count.
+async fn grid_is_the_sql_definition(
+    ctx: &datafusion::prelude::SessionContext,
+    cfg: &Config,
+    y: i32,
+    m: u32,
+) -> jobs::format::MonthGrid {
+    use jinryu::jobs::format::Cell;
+    let rows = jobs::monthly::month_rows(ctx, cfg, y, m).await.unwrap();
+    let grid = jobs::monthly::month_grid(ctx, cfg, y, m).await.unwrap();
+    let mut sql = Vec::new();
+    for b in &rows {
+        let count = arrow::compute::cast(b.column(5), &arrow::datatypes::DataType::Int64).unwrap();
+        let count = count
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        let status = b
+            .column(6)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            sql.push(match status.value(i) {
+                "ok" => Cell::Ok(count.value(i) as u64),
+                "closed" => Cell::Closed,
+                "missing" => Cell::Missing,
+                other => panic!("status {other}"),
+            });
+        }
+    }
+    assert_eq!(grid.cells.len(), sql.len());
+    for (i, (a, b)) in grid.cells.iter().zip(&sql).enumerate() {
+        assert_eq!(
+            a,
+            b,
+            "cell {i} (window {}, series {})",
+            i / grid.series.len(),
+            i % grid.series.len()
+        );
+    }
+    assert!(sql.iter().any(|c| matches!(c, Cell::Ok(_))));
+    grid
+}
+
+/// A simulated month with faults, ingested in two parts (windows at the cut have two rows each,
+/// as late data and several Kafka partitions make): the streamed grid is the SQL's, cell for cell.
+#[tokio::test]
+async fn the_monthly_grid_is_the_sql_definition() {
+    let cfg = cfg();
+    let storage = Storage::open("memory://").unwrap();
+    let mut opts = jinryu::simulate::options(2026, 10);
+    opts.days = Some(6);
+    opts.faults = true;
+    let mut stream = Vec::new();
+    std::io::Read::read_to_end(
+        &mut jinryu::simulate::Simulator::new(&cfg, opts),
+        &mut stream,
+    )
+    .unwrap();
+    let lines: Vec<&[u8]> = stream.split(|b| *b == b'\n').collect();
+    let cut = lines.len() / 2 + 7;
+    for (id, part) in [("first", &lines[..cut]), ("second", &lines[cut..])] {
+        ingest(
+            &cfg,
+            &storage,
+            Box::new(std::io::Cursor::new(part.join(&b'\n'))),
+            &IngestOptions::new(id),
+        )
+        .await
+        .unwrap();
+    }
+    let ctx = jobs::context(&cfg, &storage).await.unwrap();
+    let doubled = jobs::query(
+        &ctx,
+        "SELECT COUNT(*) FROM (SELECT sensor_id, direction, window_start FROM aggregates \
+         GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)",
+    )
+    .await
+    .unwrap();
+    let n = arrow::compute::cast(doubled[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
+    assert!(
+        n.as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+            > 0,
+        "some windows have rows from both parts"
+    );
+    let grid = grid_is_the_sql_definition(&ctx, &cfg, 2026, 10).await;
+    use jinryu::jobs::format::Cell;
+    assert!(grid.cells.iter().any(|c| matches!(c, Cell::Ok(n) if *n > 0)));
+    assert!(grid.cells.contains(&Cell::Missing), "the faults left missing cells");
 }

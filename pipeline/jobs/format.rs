@@ -7,6 +7,7 @@
 //! each cell `Ok`, `Estimated`, `Missing` or `Closed`. A sum over series (wide layout) is missing
 //! when any of its inputs is missing — a partial sum is never shown as a count.
 
+use std::io::Write;
 use std::path::Path;
 
 use chrono::{NaiveDate, NaiveTime};
@@ -274,32 +275,81 @@ impl Format {
 
     /// Renders the month as the bytes of the file.
     pub fn render(&self, grid: &MonthGrid) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.render_to(grid, &mut out)?;
+        Ok(out)
+    }
+
+    /// Renders the month into `out` row by row, encoded on the way: the text of a month is never
+    /// held whole (a 1,000-sensor month is 5.76 M rows). On an error, what was written is partial.
+    pub fn render_to(&self, grid: &MonthGrid, out: &mut dyn Write) -> Result<(), String> {
         let terminator = match self.line_ending {
             LineEnding::Crlf => csv::Terminator::CRLF,
             LineEnding::Lf => csv::Terminator::Any(b'\n'),
         };
+        let mut sink = Encoded::new(self, out);
+        if self.encoding == Encoding::Utf8Bom {
+            sink.write_all(b"\xEF\xBB\xBF").map_err(|e| e.to_string())?;
+        }
         let mut w = csv::WriterBuilder::new()
             .terminator(terminator)
-            .from_writer(Vec::new());
-        let err = |e: csv::Error| e.to_string();
+            .buffer_capacity(1 << 16)
+            .from_writer(&mut sink);
+        let err = |e: csv::Error| match e.into_kind() {
+            csv::ErrorKind::Io(io) => io.to_string(),
+            other => format!("{other:?}"),
+        };
         w.write_record(self.columns.iter().map(|c| c.header.as_str()))
             .map_err(err)?;
-        let mut record: Vec<String> = Vec::with_capacity(self.columns.len());
         match self.layout {
             Layout::Long => {
-                for (wi, win) in grid.windows.iter().enumerate() {
+                // Text that depends on the window only, made once per window.
+                let per_window: Vec<[String; 3]> = grid
+                    .windows
+                    .iter()
+                    .map(|win| {
+                        [
+                            win.date.format(&self.date_format).to_string(),
+                            win.start.format(&self.time_format).to_string(),
+                            self.slot(win),
+                        ]
+                    })
+                    .collect();
+                let mut number = String::new();
+                for (wi, texts) in per_window.iter().enumerate() {
                     for (si, s) in grid.series.iter().enumerate() {
                         let cell = grid.cell(wi, si);
-                        record.clear();
-                        for c in &self.columns {
-                            record.push(self.long_value(
-                                c.value.as_deref().unwrap_or(""),
-                                win,
-                                s,
-                                cell,
-                            ));
+                        number.clear();
+                        if let Cell::Ok(n) | Cell::Estimated(n) = cell {
+                            use std::fmt::Write as _;
+                            let _ = write!(number, "{n}");
                         }
-                        w.write_record(&record).map_err(err)?;
+                        for c in &self.columns {
+                            let text: &str = match c.value.as_deref().unwrap_or("") {
+                                "date" => &texts[0],
+                                "time" => &texts[1],
+                                "time_slot" => &texts[2],
+                                "sensor_id" => &s.sensor_id,
+                                "array" => &s.array,
+                                "direction" => &s.direction,
+                                "count" => match cell {
+                                    Cell::Ok(_) | Cell::Estimated(_) => &number,
+                                    Cell::Missing => &self.missing,
+                                    Cell::Closed => &self.closed,
+                                },
+                                "status" => status(cell),
+                                "estimated" => {
+                                    if matches!(cell, Cell::Estimated(_)) {
+                                        "1"
+                                    } else {
+                                        "0"
+                                    }
+                                }
+                                _ => unreachable!("checked when the format was parsed"),
+                            };
+                            w.write_field(text).map_err(err)?;
+                        }
+                        w.write_record(None::<&[u8]>).map_err(err)?;
                     }
                 }
             }
@@ -328,6 +378,7 @@ impl Format {
                         ));
                     }
                 }
+                let mut record: Vec<String> = Vec::with_capacity(self.columns.len());
                 for (wi, win) in grid.windows.iter().enumerate() {
                     let all: Vec<Cell> = (0..grid.series.len()).map(|s| grid.cell(wi, s)).collect();
                     let row = sum(&all);
@@ -353,9 +404,9 @@ impl Format {
                 }
             }
         }
-        let text = String::from_utf8(w.into_inner().map_err(|e| e.to_string())?)
-            .expect("UTF-8 in, UTF-8 out");
-        self.encode(&text)
+        w.flush().map_err(|e| e.to_string())?;
+        drop(w);
+        sink.finish()
     }
 
     fn slot(&self, win: &WindowInfo) -> String {
@@ -371,21 +422,6 @@ impl Format {
             Cell::Ok(n) | Cell::Estimated(n) => n.to_string(),
             Cell::Missing => self.missing.clone(),
             Cell::Closed => self.closed.clone(),
-        }
-    }
-
-    fn long_value(&self, value: &str, win: &WindowInfo, s: &Series, cell: Cell) -> String {
-        match value {
-            "date" => win.date.format(&self.date_format).to_string(),
-            "time" => win.start.format(&self.time_format).to_string(),
-            "time_slot" => self.slot(win),
-            "sensor_id" => s.sensor_id.clone(),
-            "array" => s.array.clone(),
-            "direction" => s.direction.clone(),
-            "count" => self.count_text(cell),
-            "status" => status(cell).to_string(),
-            "estimated" => estimated_flag(cell),
-            _ => unreachable!("checked when the format was parsed"),
         }
     }
 
@@ -454,13 +490,103 @@ fn status(cell: Cell) -> &'static str {
     }
 }
 
-fn estimated_flag(cell: Cell) -> String {
-    if matches!(cell, Cell::Estimated(_)) {
-        "1"
-    } else {
-        "0"
+/// The file's bytes in the format's encoding, written as the CSV writer produces text. Shift_JIS
+/// text is encoded line by line (a character Shift_JIS cannot hold is an error naming it and its
+/// line, as [`Format::encode`] says it); UTF-8 passes through.
+struct Encoded<'a> {
+    format: &'a Format,
+    out: &'a mut dyn Write,
+    /// Shift_JIS only: text not yet encoded (up to the last line end written).
+    pending: Vec<u8>,
+    /// Lines encoded so far (for the error's line number).
+    lines: usize,
+    /// The first encoding error; later writes fail with it.
+    failed: Option<String>,
+}
+
+impl<'a> Encoded<'a> {
+    fn new(format: &'a Format, out: &'a mut dyn Write) -> Self {
+        Encoded {
+            format,
+            out,
+            pending: Vec::new(),
+            lines: 0,
+            failed: None,
+        }
     }
-    .to_string()
+
+    /// Encodes and writes the complete lines held.
+    fn drain(&mut self, all: bool) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let upto = if all {
+            self.pending.len()
+        } else {
+            match memchr::memrchr(b'\n', &self.pending) {
+                Some(i) => i + 1,
+                None => return Ok(()),
+            }
+        };
+        let text = std::str::from_utf8(&self.pending[..upto])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let bytes = self.format.encode(text).map_err(|e| {
+            // The line number is the file's, not the chunk's.
+            let e = renumber(&e, self.lines);
+            self.failed = Some(e.clone());
+            std::io::Error::other(e)
+        })?;
+        self.lines += memchr::memchr_iter(b'\n', &self.pending[..upto]).count();
+        self.out.write_all(&bytes)?;
+        self.pending.drain(..upto);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), String> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        self.drain(true).map_err(|e| e.to_string())?;
+        self.out.flush().map_err(|e| e.to_string())
+    }
+}
+
+/// "… on line N …" of an error about a chunk, as a line of the whole file.
+fn renumber(error: &str, lines_before: usize) -> String {
+    let Some(at) = error.find(" on line ") else {
+        return error.to_string();
+    };
+    let rest = &error[at + " on line ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    match digits.parse::<usize>() {
+        Ok(n) => format!(
+            "{} on line {}{}",
+            &error[..at],
+            n + lines_before,
+            &rest[digits.len()..]
+        ),
+        Err(_) => error.to_string(),
+    }
+}
+
+impl Write for Encoded<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(std::io::Error::other(e.clone()));
+        }
+        if self.format.encoding != Encoding::ShiftJis {
+            return self.out.write(buf);
+        }
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= 1 << 16 {
+            self.drain(false)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 #[cfg(test)]

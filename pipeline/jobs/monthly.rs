@@ -140,12 +140,23 @@ async fn rows_for(
 }
 
 /// Every window × series of the month with its measured state.
+///
+/// The same cells as `sql/monthly_long.sql` (the definition, and what an analyst can run), built
+/// without materialising the dense grid in SQL: the month's stored rows are streamed batch by
+/// batch (only the month's `date` partitions, five columns) and added into a grid the size of the
+/// month (`cells[window × series]`, 16 bytes a cell). A (sensor, direction, window) is `ok` when
+/// any of its rows showed liveness and its count is the sum over its rows, exactly as the SQL's
+/// `SUM` / `BOOL_OR`; closed windows are closed whatever arrived; rows of sensors or directions no
+/// longer configured are left out, as the SQL's join leaves them. `tests/invariants.rs` checks
+/// the two agree cell for cell.
 pub async fn month_grid(
     ctx: &SessionContext,
     cfg: &Config,
     year: i32,
     month: u32,
 ) -> anyhow::Result<MonthGrid> {
+    use futures::StreamExt;
+
     let windows = month_windows(cfg, year, month);
     let series: Vec<Series> = cfg
         .registry
@@ -159,27 +170,74 @@ pub async fn month_grid(
             })
         })
         .collect();
-    let batches = rows_for(ctx, &windows, year, month).await?;
-    let mut cells = Vec::with_capacity(windows.len() * series.len());
-    for b in &batches {
-        let count = arrow::compute::cast(b.column(5), &DataType::Int64)?;
-        let count = count.as_any().downcast_ref::<Int64Array>().expect("int64");
-        let status = super::column::<StringArray>(b, 6);
+    let n = series.len();
+    let mut cells = vec![Cell::Missing; windows.len() * n];
+    // sensor id -> (first series, its directions)
+    let mut by_sensor: HashMap<&str, (usize, &[String])> = HashMap::new();
+    let mut next = 0;
+    for s in cfg.registry.sensors() {
+        by_sensor.insert(s.id.as_str(), (next, s.directions.as_slice()));
+        next += s.directions.len();
+    }
+    let window_index = WindowIndex::new(&windows, cfg.window.size_ms);
+
+    let (from, next_month) = month_bounds(year, month);
+    let to = next_month.pred_opt().expect("a day before the next month");
+    let sql = fill_dates(
+        "SELECT sensor_id, direction, window_start, \"count\", up FROM aggregates \
+         WHERE date >= '{{from_date}}' AND date <= '{{to_date}}'",
+        from,
+        to,
+    );
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        let b = batch?;
+        let sensor = super::column::<StringArray>(&b, 0);
+        let direction = super::column::<StringArray>(&b, 1);
+        let ws = super::column::<TimestampMillisecondArray>(&b, 2);
+        let count = arrow::compute::cast(b.column(3), &DataType::UInt64)?;
+        let count = count
+            .as_any()
+            .downcast_ref::<arrow::array::UInt64Array>()
+            .expect("u64");
+        let up = super::column::<BooleanArray>(&b, 4);
+        // Rows come sorted by window and sensor: the last sensor looked up is usually the next.
+        let mut last: Option<(&str, usize, &[String])> = None;
         for i in 0..b.num_rows() {
-            cells.push(match status.value(i) {
-                "ok" => Cell::Ok(count.value(i) as u64),
-                "closed" => Cell::Closed,
-                _ => Cell::Missing,
-            });
+            if !up.value(i) {
+                // No liveness in this row: it adds nothing (its count is 0, see `window::Acc`).
+                continue;
+            }
+            let id = sensor.value(i);
+            let (first, dirs) = match last {
+                Some((l, f, d)) if l == id => (f, d),
+                _ => match by_sensor.get(id) {
+                    Some(&(f, d)) => {
+                        last = Some((id, f, d));
+                        (f, d)
+                    }
+                    None => continue,
+                },
+            };
+            let dir = direction.value(i);
+            let Some(d) = dirs.iter().position(|x| x == dir) else {
+                continue;
+            };
+            let Some(w) = window_index.get(ws.value(i)) else {
+                continue;
+            };
+            let cell = &mut cells[w * n + first + d];
+            *cell = match *cell {
+                Cell::Ok(c) => Cell::Ok(c + count.value(i)),
+                _ => Cell::Ok(count.value(i)),
+            };
         }
     }
-    anyhow::ensure!(
-        cells.len() == windows.len() * series.len(),
-        "internal error: the monthly query returned {} rows for {} windows x {} series",
-        cells.len(),
-        windows.len(),
-        series.len()
-    );
+    for (w, win) in windows.iter().enumerate() {
+        if win.closed {
+            cells[w * n..(w + 1) * n].fill(Cell::Closed);
+        }
+    }
     Ok(MonthGrid {
         year,
         month,
@@ -187,6 +245,52 @@ pub async fn month_grid(
         series,
         cells,
     })
+}
+
+/// Window start → position in the month: arithmetic when the windows are evenly spaced (a local
+/// month is one span of UTC time, so they are, summer time or not), a map otherwise.
+enum WindowIndex {
+    Even { first: i64, size: i64, len: usize },
+    Map(HashMap<i64, usize>),
+}
+
+impl WindowIndex {
+    fn new(windows: &[WindowInfo], size: i64) -> WindowIndex {
+        let even = windows
+            .iter()
+            .enumerate()
+            .all(|(i, w)| w.window_start == windows[0].window_start + i as i64 * size);
+        if even && size > 0 {
+            WindowIndex::Even {
+                first: windows.first().map_or(0, |w| w.window_start),
+                size,
+                len: windows.len(),
+            }
+        } else {
+            WindowIndex::Map(
+                windows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| (w.window_start, i))
+                    .collect(),
+            )
+        }
+    }
+
+    #[inline]
+    fn get(&self, ws: i64) -> Option<usize> {
+        match self {
+            WindowIndex::Even { first, size, len } => {
+                let off = ws.checked_sub(*first)?;
+                if off < 0 || off % size != 0 {
+                    return None;
+                }
+                let i = usize::try_from(off / size).ok()?;
+                (i < *len).then_some(i)
+            }
+            WindowIndex::Map(m) => m.get(&ws).copied(),
+        }
+    }
 }
 
 /// Each series' usual share of its array and direction, learned from the windows of the
@@ -312,7 +416,6 @@ pub async fn write_monthly(
         let shares = array_shares(ctx, &grid).await?;
         estimate(&mut grid, &shares);
     }
-    let bytes = format.render(&grid).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(out_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot create the output directory {}: {e}",
@@ -321,8 +424,17 @@ pub async fn write_monthly(
     })?;
     let name = format.file_name(year, month);
     let csv_path = out_dir.join(&name);
-    let sha = format!("{:x}", Sha256::digest(&bytes));
-    write_atomically(&csv_path, &bytes)?;
+    // Rendered straight into the file (hashed on the way): the month's text is never held whole.
+    let sha = write_atomically_with(&csv_path, |w| {
+        let mut hashing = HashingWriter {
+            inner: w,
+            hasher: Sha256::new(),
+        };
+        format
+            .render_to(&grid, &mut hashing)
+            .map_err(anyhow::Error::msg)?;
+        Ok(format!("{:x}", hashing.hasher.finalize()))
+    })?;
     let sha_path = out_dir.join(format!("{name}.sha256"));
     write_atomically(&sha_path, format!("{sha}  {name}\n").as_bytes())?;
 
@@ -539,11 +651,50 @@ fn quality_summary(
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomically_with(path, |w| Ok(w.write_all(bytes)?))
+}
+
+/// Writes a file beside `path` through `fill`, syncs it and renames it into place; on an error the
+/// partial file is removed and `path` is untouched.
+fn write_atomically_with<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut f = std::fs::File::create(&tmp)
+    let f = std::fs::File::create(&tmp)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let result = fill(&mut w).and_then(|v| {
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(v)
+    });
+    match result {
+        Ok(v) => {
+            std::fs::rename(&tmp, path)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

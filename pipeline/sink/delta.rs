@@ -296,7 +296,7 @@ pub async fn open_or_create(storage: &Storage, table: Table) -> Result<DeltaTabl
 pub fn to_stored(
     table: Table,
     batch: &RecordBatch,
-    dates: Vec<String>,
+    dates: StringArray,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
     let schema = table.stored_schema();
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
@@ -308,7 +308,7 @@ pub fn to_stored(
             arrow::compute::cast(c, f.data_type())?
         });
     }
-    cols.push(Arc::new(StringArray::from(dates)));
+    cols.push(Arc::new(dates));
     RecordBatch::try_new(schema, cols)
 }
 

@@ -51,8 +51,11 @@ pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// Aggregate rows (all of one date partition) as a batch.
-pub fn aggregates_batch(rows: &[AggRow], registry: &SensorRegistry) -> RecordBatch {
+/// Aggregate rows as a batch, in the order given.
+pub fn aggregates_batch<'a>(
+    rows: impl ExactSizeIterator<Item = &'a AggRow>,
+    registry: &SensorRegistry,
+) -> RecordBatch {
     let n = rows.len();
     let mut sensor = StringBuilder::with_capacity(n, n * 6);
     let mut direction = StringBuilder::with_capacity(n, n * 6);

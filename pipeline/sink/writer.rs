@@ -8,7 +8,7 @@
 //! after a crash between the two commits still replaces exactly what is there. A run that fails
 //! before its commits leaves nothing visible: re-running it is always safe.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use deltalake_core::DeltaTable;
@@ -174,28 +174,32 @@ pub fn encode_epoch(
     if !rows.is_empty() {
         let mut sorted: Vec<&AggRow> = rows.iter().collect();
         sorted.sort_by_key(|r| (r.window_start, r.sensor, r.direction, r.late));
-        let mut dates: HashMap<i64, String> = HashMap::new();
-        let day_of: Vec<String> = sorted
-            .iter()
-            .map(|r| {
-                dates
-                    .entry(r.window_start)
-                    .or_insert_with(|| partition_value(spec.local_date(r.window_start)))
-                    .clone()
-            })
-            .collect();
-        let owned: Vec<AggRow> = sorted.into_iter().cloned().collect();
-        let batch = tables::aggregates_batch(&owned, registry);
-        let stored =
-            delta::to_stored(Table::Aggregates, &batch, day_of).map_err(|e| SinkError::Encode {
+        // The local date of each row, looked up once per window (rows are in window order).
+        let mut day_of =
+            arrow::array::StringBuilder::with_capacity(sorted.len(), sorted.len() * 10);
+        let mut last: Option<(i64, String)> = None;
+        for r in &sorted {
+            match &last {
+                Some((ws, d)) if *ws == r.window_start => day_of.append_value(d),
+                _ => {
+                    let d = partition_value(spec.local_date(r.window_start));
+                    day_of.append_value(&d);
+                    last = Some((r.window_start, d));
+                }
+            }
+        }
+        let batch = tables::aggregates_batch(sorted.iter().copied(), registry);
+        let stored = delta::to_stored(Table::Aggregates, &batch, day_of.finish()).map_err(|e| {
+            SinkError::Encode {
                 path: "aggregates".into(),
                 source: e,
-            })?;
+            }
+        })?;
         out.push((Table::Aggregates, stored));
     }
     if !quarantine.is_empty() {
         let batch = tables::quarantine_batch(quarantine);
-        let dates = vec![received_date.to_string(); quarantine.len()];
+        let dates = arrow::array::StringArray::from(vec![received_date; quarantine.len()]);
         let stored =
             delta::to_stored(Table::Quarantine, &batch, dates).map_err(|e| SinkError::Encode {
                 path: "quarantine".into(),

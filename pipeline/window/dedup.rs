@@ -114,60 +114,61 @@ impl SeqRanges {
     }
 }
 
-/// Seen sequence numbers of every (sensor, window) still within the horizon.
+/// Seen sequence numbers of every (sensor, window) still within the horizon, by window: expiry
+/// drops whole windows from the front (O(windows expired)), so a run over many days costs the same
+/// per event as a run over one.
 #[derive(Debug, Default)]
 pub struct Dedup {
-    /// foldhash: one lookup per message with a `seq`.
-    seen: HashMap<(u32, i64), SeqRanges, foldhash::fast::RandomState>,
-    /// Smallest window start still held (for cheap expiry checks).
-    oldest: i64,
+    /// window start → sensor → seen ranges (foldhash: one lookup per message with a `seq`).
+    windows: BTreeMap<i64, HashMap<u32, SeqRanges, foldhash::fast::RandomState>>,
 }
 
 impl Dedup {
     /// Records `(sensor, seq)` of an event in window `window_start`.
     #[inline]
     pub fn first_time(&mut self, sensor: u32, window_start: i64, seq: u64) -> Seen {
-        if self.seen.is_empty() || window_start < self.oldest {
-            self.oldest = window_start;
-        }
-        self.seen
-            .entry((sensor, window_start))
+        self.windows
+            .entry(window_start)
+            .or_default()
+            .entry(sensor)
             .or_default()
             .insert(seq)
     }
 
     /// Forgets windows starting before `cutoff`.
     pub fn expire(&mut self, cutoff: i64) {
-        if self.oldest >= cutoff {
-            return;
+        while let Some(first) = self.windows.first_entry() {
+            if *first.key() >= cutoff {
+                break;
+            }
+            first.remove();
         }
-        self.seen.retain(|&(_, ws), _| ws >= cutoff);
-        self.oldest = self.seen.keys().map(|&(_, ws)| ws).min().unwrap_or(cutoff);
     }
 
     /// Every held entry: (sensor, window start, seen ranges), for checkpoints.
     pub fn entries(&self) -> impl Iterator<Item = (u32, i64, Vec<(u64, u64)>)> + '_ {
-        self.seen.iter().map(|(&(s, ws), r)| (s, ws, r.ranges()))
+        self.windows
+            .iter()
+            .flat_map(|(&ws, m)| m.iter().map(move |(&s, r)| (s, ws, r.ranges())))
     }
 
     /// Restores one entry of a checkpoint (ranges as written by [`Dedup::entries`]). A checkpoint
     /// written before the bound existed may hold more than [`MAX_RANGES`]: the lowest are dropped.
     pub fn restore(&mut self, sensor: u32, window_start: i64, ranges: &[(u64, u64)]) {
-        if self.seen.is_empty() || window_start < self.oldest {
-            self.oldest = window_start;
-        }
         let keep = &ranges[ranges.len().saturating_sub(MAX_RANGES)..];
-        self.seen
-            .insert((sensor, window_start), SeqRanges::from_ranges(keep));
+        self.windows
+            .entry(window_start)
+            .or_default()
+            .insert(sensor, SeqRanges::from_ranges(keep));
     }
 
     /// Number of (sensor, window) entries held.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.windows.values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.windows.values().all(HashMap::is_empty)
     }
 }
 
