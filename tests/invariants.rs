@@ -476,6 +476,13 @@ async fn the_monthly_grid_is_the_sql_definition() {
     );
     let grid = grid_is_the_sql_definition(&ctx, &cfg, 2026, 10).await;
     use jinryu::jobs::format::Cell;
-    assert!(grid.cells.iter().any(|c| matches!(c, Cell::Ok(n) if *n > 0)));
-    assert!(grid.cells.contains(&Cell::Missing), "the faults left missing cells");
+    assert!(
+        grid.cells
+            .iter()
+            .any(|c| matches!(c, Cell::Ok(n) if *n > 0))
+    );
+    assert!(
+        grid.cells.contains(&Cell::Missing),
+        "the faults left missing cells"
+    );
 }
