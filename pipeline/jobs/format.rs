@@ -425,37 +425,27 @@ impl Format {
         }
     }
 
-    fn encode(&self, text: &str) -> Result<Vec<u8>, String> {
-        match self.encoding {
-            Encoding::Utf8 => Ok(text.as_bytes().to_vec()),
-            Encoding::Utf8Bom => {
-                let mut v = b"\xEF\xBB\xBF".to_vec();
-                v.extend_from_slice(text.as_bytes());
-                Ok(v)
-            }
-            Encoding::ShiftJis => {
-                let (bytes, _, unmappable) = encoding_rs::SHIFT_JIS.encode(text);
-                if unmappable {
-                    let mut buf = [0u8; 4];
-                    for (line_no, line) in text.lines().enumerate() {
-                        for ch in line.chars() {
-                            let (_, _, bad) =
-                                encoding_rs::SHIFT_JIS.encode(ch.encode_utf8(&mut buf));
-                            if bad {
-                                return Err(format!(
-                                    "format `{}`: the character '{ch}' (U+{:04X}) on line {} cannot be written in Shift_JIS; \
-                                     rename it in the configuration or format, or use encoding = \"utf-8-bom\"",
-                                    self.name,
-                                    ch as u32,
-                                    line_no + 1
-                                ));
-                            }
-                        }
+    /// `text` in Shift_JIS; `lines_before` lines of the file precede it (for the error's line).
+    fn shift_jis(&self, text: &str, lines_before: usize) -> Result<Vec<u8>, String> {
+        let (bytes, _, unmappable) = encoding_rs::SHIFT_JIS.encode(text);
+        if unmappable {
+            let mut buf = [0u8; 4];
+            for (line_no, line) in text.lines().enumerate() {
+                for ch in line.chars() {
+                    let (_, _, bad) = encoding_rs::SHIFT_JIS.encode(ch.encode_utf8(&mut buf));
+                    if bad {
+                        return Err(format!(
+                            "format `{}`: the character '{ch}' (U+{:04X}) on line {} cannot be written in Shift_JIS; \
+                             rename it in the configuration or format, or use encoding = \"utf-8-bom\"",
+                            self.name,
+                            ch as u32,
+                            lines_before + line_no + 1
+                        ));
                     }
                 }
-                Ok(bytes.into_owned())
             }
         }
+        Ok(bytes.into_owned())
     }
 }
 
@@ -491,8 +481,8 @@ fn status(cell: Cell) -> &'static str {
 }
 
 /// The file's bytes in the format's encoding, written as the CSV writer produces text. Shift_JIS
-/// text is encoded line by line (a character Shift_JIS cannot hold is an error naming it and its
-/// line, as [`Format::encode`] says it); UTF-8 passes through.
+/// text is encoded in runs of whole lines (a character Shift_JIS cannot hold is an error naming it
+/// and its line in the file); UTF-8 passes through.
 struct Encoded<'a> {
     format: &'a Format,
     out: &'a mut dyn Write,
@@ -530,9 +520,7 @@ impl<'a> Encoded<'a> {
         };
         let text = std::str::from_utf8(&self.pending[..upto])
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let bytes = self.format.encode(text).map_err(|e| {
-            // The line number is the file's, not the chunk's.
-            let e = renumber(&e, self.lines);
+        let bytes = self.format.shift_jis(text, self.lines).map_err(|e| {
             self.failed = Some(e.clone());
             std::io::Error::other(e)
         })?;
@@ -548,24 +536,6 @@ impl<'a> Encoded<'a> {
         }
         self.drain(true).map_err(|e| e.to_string())?;
         self.out.flush().map_err(|e| e.to_string())
-    }
-}
-
-/// "… on line N …" of an error about a chunk, as a line of the whole file.
-fn renumber(error: &str, lines_before: usize) -> String {
-    let Some(at) = error.find(" on line ") else {
-        return error.to_string();
-    };
-    let rest = &error[at + " on line ".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    match digits.parse::<usize>() {
-        Ok(n) => format!(
-            "{} on line {}{}",
-            &error[..at],
-            n + lines_before,
-            &rest[digits.len()..]
-        ),
-        Err(_) => error.to_string(),
     }
 }
 
@@ -637,8 +607,14 @@ mod tests {
             encoding: Encoding::ShiftJis,
             ..Format::long()
         };
-        let err = f.encode("date\r\n2026-11-02,🙂\r\n").unwrap_err();
+        let err = f.shift_jis("date\r\n2026-11-02,🙂\r\n", 0).unwrap_err();
         assert!(err.contains("U+1F642") && err.contains("line 2"), "{err}");
-        assert_eq!(f.encode("補正").unwrap(), vec![0x95, 0xE2, 0x90, 0xB3]);
+        // A later chunk of the file names the file's line.
+        let err = f.shift_jis("x\r\n🙂\r\n", 70_000).unwrap_err();
+        assert!(err.contains("line 70002"), "{err}");
+        assert_eq!(
+            f.shift_jis("補正", 0).unwrap(),
+            vec![0x95, 0xE2, 0x90, 0xB3]
+        );
     }
 }

@@ -179,7 +179,28 @@ pub async fn month_grid(
         by_sensor.insert(s.id.as_str(), (next, s.directions.as_slice()));
         next += s.directions.len();
     }
-    let window_index = WindowIndex::new(&windows, cfg.window.size_ms);
+    // A local month is one span of UTC time: its windows are evenly spaced, summer time or not.
+    let (first_ws, size) = (
+        windows.first().map_or(0, |w| w.window_start),
+        cfg.window.size_ms,
+    );
+    anyhow::ensure!(
+        size > 0
+            && windows
+                .iter()
+                .enumerate()
+                .all(|(i, w)| w.window_start == first_ws + i as i64 * size),
+        "internal error: the windows of {year:04}-{month:02} are not evenly spaced; please report this bug"
+    );
+    let window_of = |ws: i64| {
+        let off = ws.checked_sub(first_ws)?;
+        if off < 0 || off % size != 0 {
+            return None;
+        }
+        usize::try_from(off / size)
+            .ok()
+            .filter(|w| *w < windows.len())
+    };
 
     let (from, next_month) = month_bounds(year, month);
     let to = next_month.pred_opt().expect("a day before the next month");
@@ -223,7 +244,7 @@ pub async fn month_grid(
             let Some(d) = dirs.iter().position(|x| x == dir) else {
                 continue;
             };
-            let Some(w) = window_index.get(ws.value(i)) else {
+            let Some(w) = window_of(ws.value(i)) else {
                 continue;
             };
             let cell = &mut cells[w * n + first + d];
@@ -245,52 +266,6 @@ pub async fn month_grid(
         series,
         cells,
     })
-}
-
-/// Window start → position in the month: arithmetic when the windows are evenly spaced (a local
-/// month is one span of UTC time, so they are, summer time or not), a map otherwise.
-enum WindowIndex {
-    Even { first: i64, size: i64, len: usize },
-    Map(HashMap<i64, usize>),
-}
-
-impl WindowIndex {
-    fn new(windows: &[WindowInfo], size: i64) -> WindowIndex {
-        let even = windows
-            .iter()
-            .enumerate()
-            .all(|(i, w)| w.window_start == windows[0].window_start + i as i64 * size);
-        if even && size > 0 {
-            WindowIndex::Even {
-                first: windows.first().map_or(0, |w| w.window_start),
-                size,
-                len: windows.len(),
-            }
-        } else {
-            WindowIndex::Map(
-                windows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, w)| (w.window_start, i))
-                    .collect(),
-            )
-        }
-    }
-
-    #[inline]
-    fn get(&self, ws: i64) -> Option<usize> {
-        match self {
-            WindowIndex::Even { first, size, len } => {
-                let off = ws.checked_sub(*first)?;
-                if off < 0 || off % size != 0 {
-                    return None;
-                }
-                let i = usize::try_from(off / size).ok()?;
-                (i < *len).then_some(i)
-            }
-            WindowIndex::Map(m) => m.get(&ws).copied(),
-        }
-    }
 }
 
 /// Each series' usual share of its array and direction, learned from the windows of the
