@@ -15,8 +15,9 @@
 //!   (one file per date): `jinryu sql` against DuckDB over the same Parquet files. The answers
 //!   must be equal.
 //!
-//! DuckDB reads the Parquet files directly (`read_parquet(…, hive_partitioning)`): right here
-//! because every file in the table's folder is live (no vacuum pending). DuckDB is the Python
+//! DuckDB reads the Parquet files directly (`read_parquet('…/date=*/*.parquet', hive_partitioning)`):
+//! right here because every file in the table's folders is live (the year is vacuumed after its
+//! compaction). DuckDB is the Python
 //! package `.ci/setup` installs; its process start (~0.1 s) counts, as jinryu's does.
 //!
 //! Run: `cargo bench --bench vs_duckdb` (release binary). `JINRYU_BENCH_CASES=ingest-30d,monthly`
@@ -300,6 +301,19 @@ impl Bench {
             t.elapsed().as_secs_f64(),
             m.rss_mb
         );
+        // DuckDB reads the folders, not the log: the files compaction replaced are deleted
+        // (vacuum with its clock two hours ahead, past the shortest retention it allows).
+        let vacuumed = rt.block_on(async {
+            let storage = jinryu::sink::store::Storage::open(&cfg.storage_url).unwrap();
+            let later = chrono::Utc::now().timestamp_millis() + 2 * 3_600_000;
+            jinryu::sink::lifecycle::vacuum(&storage, 3_600_000, false, later)
+                .await
+                .unwrap()
+        });
+        println!(
+            "replaced files vacuumed: {}",
+            vacuumed.files.values().map(Vec::len).sum::<usize>()
+        );
         std::fs::write(&ready, "").unwrap();
         data
     }
@@ -495,7 +509,7 @@ elif case == "monthly":
               FROM range(1000) r(i)),
         d AS (SELECT * FROM (VALUES (0, 'north'), (1, 'south')) v(direction_ord, direction)),
         f AS (SELECT sensor_id, direction, window_start, SUM("count") AS "count", BOOL_OR(up) AS up
-              FROM read_parquet('{data}/aggregates/*/*.parquet', hive_partitioning = true)
+              FROM read_parquet('{data}/aggregates/date=*/*.parquet', hive_partitioning = true)
               WHERE date BETWEEN '2026-11-01' AND '2026-11-30'
               GROUP BY ALL)
         SELECT strftime(w.ws, '%Y-%m-%d') AS date, strftime(w.ws, '%H:%M') AS time, s.sensor_id,
@@ -508,7 +522,7 @@ elif case == "monthly":
       ) TO '{out}' (FORMAT csv, HEADER)""")
 elif case == "query":
     name, data, out = sys.argv[2], sys.argv[3], sys.argv[4]
-    src = f"read_parquet('{data}/aggregates/*/*.parquet', hive_partitioning = true)"
+    src = f"read_parquet('{data}/aggregates/date=*/*.parquet', hive_partitioning = true)"
     sql = {
       "q-daily-arrays": f"""SELECT a.date, s."array", SUM(a."count") AS people FROM {src} a
           JOIN (SELECT printf('S%04d', i) AS sensor_id, printf('A%03d', i // 10) AS "array" FROM range(1000) r(i)) s

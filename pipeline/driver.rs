@@ -117,10 +117,13 @@ impl Driver {
         (&self.rows, &self.quarantine)
     }
 
-    /// The sealed epoch, for a writer that takes and empties the buffers.
-    pub fn epoch_mut(&mut self) -> (&mut Vec<AggRow>, &mut Vec<QuarantineRecord>) {
+    /// Takes the sealed epoch, leaving the buffers empty.
+    pub fn take_epoch(&mut self) -> (Vec<AggRow>, Vec<QuarantineRecord>) {
         self.quarantine_bytes = 0;
-        (&mut self.rows, &mut self.quarantine)
+        (
+            std::mem::take(&mut self.rows),
+            std::mem::take(&mut self.quarantine),
+        )
     }
 
     /// The epoch is committed: its buffers are emptied.

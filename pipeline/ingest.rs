@@ -16,9 +16,9 @@ use crate::driver::Driver;
 use crate::event::Decoder;
 use crate::quarantine::QuarantineRecord;
 use crate::sink::store::Storage;
-use crate::sink::writer::SourceWriter;
+use crate::sink::writer::{SinkError, SourceWriter};
 use crate::source::file::{self, Decoded};
-use crate::window::WindowStage;
+use crate::window::{AggRow, WindowStage};
 
 /// What one ingest run did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -114,6 +114,59 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// The table writer, one epoch behind the window stage: an epoch's files are encoded and stored by
+/// a task of its own while the next one is windowed (one at a time, so memory holds at most the
+/// epoch being written and the one being built). Any failure surfaces at the next hand-over.
+struct Behind {
+    idle: Option<SourceWriter>,
+    busy: Option<tokio::task::JoinHandle<Result<(SourceWriter, usize), SinkError>>>,
+    rows_written: u64,
+}
+
+impl Behind {
+    fn new(writer: SourceWriter) -> Self {
+        Behind {
+            idle: Some(writer),
+            busy: None,
+            rows_written: 0,
+        }
+    }
+
+    /// Waits for the epoch being written; the writer is idle afterwards.
+    async fn settle(&mut self) -> anyhow::Result<&mut SourceWriter> {
+        if let Some(task) = self.busy.take() {
+            let (writer, rows) = task
+                .await
+                .map_err(|e| anyhow::anyhow!("internal error: the table writer stopped: {e}"))??;
+            self.rows_written += rows as u64;
+            self.idle = Some(writer);
+        }
+        Ok(self.idle.as_mut().expect("an idle or a busy writer"))
+    }
+
+    /// Hands one epoch to the writer once the previous one is stored. The epoch is taken from
+    /// the buffers only then, so that two are never waiting at once.
+    async fn write(
+        &mut self,
+        take: impl FnOnce() -> (Vec<AggRow>, Vec<QuarantineRecord>),
+    ) -> anyhow::Result<()> {
+        self.settle().await?;
+        let (mut rows, mut quarantine) = take();
+        let mut writer = self.idle.take().expect("settled");
+        self.busy = Some(tokio::spawn(async move {
+            let w = writer.write_epoch(&mut rows, &mut quarantine).await?;
+            Ok((writer, w.agg_rows))
+        }));
+        Ok(())
+    }
+
+    /// Waits for the last epoch: the writer and the aggregate rows written in all.
+    async fn done(mut self) -> anyhow::Result<(SourceWriter, u64)> {
+        self.settle().await?;
+        Ok((self.idle.take().expect("settled"), self.rows_written))
+    }
+}
+
 /// Runs the pipeline over JSON lines from `input`, writing to `storage`. Nothing is visible in
 /// the tables until the run's commits at the end: a failed run can be re-run as it is.
 pub async fn ingest(
@@ -125,13 +178,15 @@ pub async fn ingest(
     let registry = Arc::new(cfg.registry.clone());
     let decoder = Decoder::new(registry.clone(), cfg.limits.clone());
     let started_ms = chrono::Utc::now().timestamp_millis();
-    let mut writer = SourceWriter::start(
-        storage.clone(),
-        registry.clone(),
-        cfg.window.clone(),
-        started_ms,
-    )
-    .await?;
+    let mut writer = Behind::new(
+        SourceWriter::start(
+            storage.clone(),
+            registry.clone(),
+            cfg.window.clone(),
+            started_ms,
+        )
+        .await?,
+    );
     let hasher = Arc::new(std::sync::Mutex::new(<sha2::Sha256 as sha2::Digest>::new()));
     let input: Box<dyn Read + Send> = if opts.content_id {
         Box::new(Hashing {
@@ -180,16 +235,14 @@ pub async fn ingest(
             }
             if driver.roll_due() {
                 driver.seal();
-                let (rows, quarantine) = driver.epoch_mut();
-                let w = writer.write_epoch(rows, quarantine).await?;
-                report.rows_written += w.agg_rows as u64;
+                writer.write(|| driver.take_epoch()).await?;
             }
         }
         let whole = driver.whole_days(&cfg.window);
         if whole > 0 {
-            let mut rows = driver.take_rows(whole);
-            let w = writer.write_epoch(&mut rows, &mut Vec::new()).await?;
-            report.rows_written += w.agg_rows as u64;
+            writer
+                .write(|| (driver.take_rows(whole), Vec::new()))
+                .await?;
         }
         if last_progress.elapsed() >= opts.progress_every {
             last_progress = Instant::now();
@@ -203,9 +256,9 @@ pub async fn ingest(
         }
     }
     driver.seal_all();
-    let (rows, quarantine) = driver.epoch_mut();
-    let w = writer.write_epoch(rows, quarantine).await?;
-    report.rows_written += w.agg_rows as u64;
+    writer.write(|| driver.take_epoch()).await?;
+    let (writer, rows_written) = writer.done().await?;
+    report.rows_written = rows_written;
 
     let stats = driver.stage().stats();
     report.counted = stats.counted;

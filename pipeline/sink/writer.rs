@@ -309,7 +309,8 @@ impl SourceWriter {
         })
     }
 
-    /// Writes one epoch's data files (not committed yet). Empties both buffers.
+    /// Writes one epoch's data files (not committed yet). Empties both buffers, and frees them
+    /// once the rows are in Arrow form: they are not held while Parquet is encoded.
     pub async fn write_epoch(
         &mut self,
         rows: &mut Vec<AggRow>,
@@ -326,8 +327,8 @@ impl SourceWriter {
             quarantined: quarantine.len(),
             ..EpochWritten::default()
         };
-        rows.clear();
-        quarantine.clear();
+        *rows = Vec::new();
+        *quarantine = Vec::new();
         let (agg, quar, n) = self.tables.write(&self.storage, encoded).await?;
         out.agg_rows = n;
         for (t, adds) in [(Table::Aggregates, agg), (Table::Quarantine, quar)] {

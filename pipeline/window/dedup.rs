@@ -31,8 +31,17 @@ pub enum Seen {
 }
 
 /// Disjoint, non-adjacent inclusive ranges of seen sequence numbers, by start.
+///
+/// The usual case — one range, numbers in order — is held inline, without a tree node (there is
+/// one set per (sensor, window): millions over a month of input). A second range moves the set
+/// into a tree, where it stays.
 #[derive(Debug, Default, Clone)]
-pub struct SeqRanges(BTreeMap<u64, u64>);
+pub struct SeqRanges {
+    /// The only range, while there is no tree.
+    one: Option<(u64, u64)>,
+    /// All ranges, once there were two (then `one` is `None`).
+    many: Option<Box<BTreeMap<u64, u64>>>,
+}
 
 impl SeqRanges {
     /// Ranges as written by [`SeqRanges::ranges`] (sorted, disjoint; adjacent ones are merged).
@@ -44,21 +53,57 @@ impl SeqRanges {
         r
     }
 
+    /// The tree, holding the inline range if there was one.
+    fn tree(&mut self) -> &mut BTreeMap<u64, u64> {
+        let one = self.one.take();
+        let tree = self.many.get_or_insert_default();
+        if let Some((a, b)) = one {
+            tree.insert(a, b);
+        }
+        tree
+    }
+
     fn insert_range(&mut self, a: u64, b: u64) {
         // Only used on restore, where input is sorted and disjoint; merge with a touching neighbour.
-        if let Some((_, end)) = self.0.range_mut(..a).next_back()
+        if self.is_empty() {
+            self.one = Some((a, b));
+            return;
+        }
+        let tree = self.tree();
+        if let Some((_, end)) = tree.range_mut(..a).next_back()
             && end.checked_add(1).is_some_and(|n| n >= a)
         {
             *end = (*end).max(b);
             return;
         }
-        self.0.insert(a, b);
+        tree.insert(a, b);
     }
 
     /// Records `seq`.
     #[inline]
     pub fn insert(&mut self, seq: u64) -> Seen {
-        let r = &mut self.0;
+        if self.many.is_none() {
+            match &mut self.one {
+                None => {
+                    self.one = Some((seq, seq));
+                    return Seen::New;
+                }
+                Some((a, b)) => {
+                    if (*a..=*b).contains(&seq) {
+                        return Seen::Retry;
+                    }
+                    if b.checked_add(1) == Some(seq) {
+                        *b = seq;
+                        return Seen::New;
+                    }
+                    if seq.checked_add(1) == Some(*a) {
+                        *a = seq;
+                        return Seen::New;
+                    }
+                }
+            }
+        }
+        let r = self.tree();
         // The range starting at or before seq, if any.
         let mut joins_prev = None;
         if let Some((&a, end)) = r.range_mut(..=seq).next_back() {
@@ -93,24 +138,29 @@ impl SeqRanges {
 
     /// Whether `seq` was seen (and not forgotten).
     pub fn contains(&self, seq: u64) -> bool {
-        self.0
-            .range(..=seq)
-            .next_back()
-            .is_some_and(|(_, &end)| seq <= end)
+        match (&self.one, &self.many) {
+            (Some((a, b)), _) => (*a..=*b).contains(&seq),
+            (None, Some(tree)) => tree
+                .range(..=seq)
+                .next_back()
+                .is_some_and(|(_, &end)| seq <= end),
+            (None, None) => false,
+        }
     }
 
     /// The ranges, sorted.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
-        self.0.iter().map(|(&a, &b)| (a, b)).collect()
+        let tree = self.many.iter().flat_map(|t| t.iter().map(|(&a, &b)| (a, b)));
+        self.one.into_iter().chain(tree).collect()
     }
 
     /// Number of ranges held.
     pub fn len(&self) -> usize {
-        self.0.len()
+        usize::from(self.one.is_some()) + self.many.as_ref().map_or(0, |t| t.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
@@ -210,7 +260,7 @@ mod tests {
             let mut forgot = 0;
             for s in seqs {
                 let was_kept = r.contains(s);
-                let lowest = r.0.first_key_value().map_or(s, |(&a, _)| a.min(s));
+                let lowest = r.ranges().first().map_or(s, |&(a, _)| a.min(s));
                 let got = r.insert(s);
                 if was_kept {
                     prop_assert_eq!(got, Seen::Retry);
@@ -221,7 +271,7 @@ mod tests {
                 if got == Seen::NewForgot {
                     // What was forgotten is the lowest range: everything kept is above it.
                     prop_assert!(!r.contains(lowest));
-                    prop_assert!(r.0.first_key_value().is_some_and(|(&a, _)| a > lowest));
+                    prop_assert!(r.ranges().first().is_some_and(|&(a, _)| a > lowest));
                 }
                 set.insert(s);
                 prop_assert!(r.len() <= MAX_RANGES);
