@@ -38,35 +38,46 @@ const JAN_2025_MS: i64 = 1_735_657_200_000;
 const SENSORS: usize = 1000;
 const EVENTS: u64 = 10_000_000;
 
-/// One measured process: wall time and its own peak RSS (wait4's rusage of that child).
+/// One measured process: wall time and its own peak RSS (GNU time's report).
 #[derive(Debug, Clone, Copy)]
 struct Measured {
     secs: f64,
     rss_mb: f64,
 }
 
-fn measure(cmd: &mut Command, log: &Path) -> Measured {
+/// Runs `program args` under GNU time, which forks it from a small process: its peak RSS is its
+/// own. (A child spawned straight from this bench would report at least the bench's own peak —
+/// Linux carries it into the child's `ru_maxrss` — and the bench holds CSVs and a year of rows.)
+fn measure(program: &Path, args: &[&str], log: &Path) -> Measured {
     let out = std::fs::File::create(log).expect("log file");
     let err = std::fs::File::create(log.with_extension("err")).expect("log file");
-    cmd.stdout(out).stderr(err);
+    let rss = log.with_extension("rss");
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "%M", "-o"])
+        .arg(&rss)
+        .arg(program)
+        .args(args)
+        .env("JINRYU_LOG", "warn")
+        .stdout(out)
+        .stderr(err);
     let t = Instant::now();
-    // Reaped by wait4 below (Child::wait cannot report the child's rusage).
-    #[allow(clippy::zombie_processes)]
-    let child = cmd.spawn().expect("start the command");
-    let mut status = 0;
-    // SAFETY: wait4 writes into the two locals we pass; the child is ours and not waited before.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let status = cmd
+        .status()
+        .expect("start /usr/bin/time (Debian package `time`)");
     let secs = t.elapsed().as_secs_f64();
-    assert!(pid > 0, "wait4 failed");
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        status.success(),
         "{cmd:?} failed:\n{}",
         std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
     );
+    let kb: f64 = std::fs::read_to_string(&rss)
+        .expect("GNU time's report")
+        .trim()
+        .parse()
+        .expect("peak RSS in KB");
     Measured {
         secs,
-        rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        rss_mb: kb / 1024.0,
     }
 }
 
@@ -142,19 +153,15 @@ impl Bench {
     }
 
     fn jinryu(&self, args: &[&str], log: &str) -> Measured {
-        measure(
-            Command::new(&self.bin).args(args).env("JINRYU_LOG", "warn"),
-            &self.dir.join(log),
-        )
+        measure(&self.bin, args, &self.dir.join(log))
     }
 
     fn duckdb(&self, args: &[&str], log: &str) -> Measured {
-        measure(
-            Command::new("python3")
-                .arg(self.dir.join("duck.py"))
-                .args(args),
-            &self.dir.join(log),
-        )
+        let script = self.dir.join("duck.py");
+        let args: Vec<&str> = std::iter::once(s(&script))
+            .chain(args.iter().copied())
+            .collect();
+        measure(Path::new("python3"), &args, &self.dir.join(log))
     }
 
     /// Ingest of 10 M lines over `days` days; leaves jinryu's tables in `data-<days>d`.

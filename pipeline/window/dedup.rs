@@ -150,7 +150,10 @@ impl SeqRanges {
 
     /// The ranges, sorted.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
-        let tree = self.many.iter().flat_map(|t| t.iter().map(|(&a, &b)| (a, b)));
+        let tree = self
+            .many
+            .iter()
+            .flat_map(|t| t.iter().map(|(&a, &b)| (a, b)));
         self.one.into_iter().chain(tree).collect()
     }
 
