@@ -90,6 +90,27 @@ async fn compaction_while_reading_never_changes_a_count_and_time_travel_rebuilds
         .unwrap();
     assert!(after.values().all(|&n| n == 1), "{after:?}");
     verify(&cfg, &storage, &truth, &AsOf::Latest).await;
+    // A compacted date's aggregates are ordered by sensor (`lifecycle::layout`): read by DuckDB in
+    // the file's own row order, no row has a sensor that sorts before the row above it.
+    for f in active(&tmp.path().join("data"), "aggregates") {
+        let out = std::process::Command::new("python3")
+            .args(["-c", SENSOR_ORDER_PY, f.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (bad, sensors) = text.trim().split_once(' ').unwrap();
+        assert_eq!(bad, "0", "{}: rows out of sensor order", f.display());
+        assert!(
+            sensors.parse::<u32>().unwrap() > 1,
+            "{}: {text}",
+            f.display()
+        );
+    }
 
     // The same deliverable after compaction, and rebuilt from the version before it.
     let csv_after = monthly_csv(&cfg, &storage, &AsOf::Latest, &tmp.path().join("m2")).await;
@@ -130,6 +151,17 @@ async fn compaction_while_reading_never_changes_a_count_and_time_travel_rebuilds
     .await;
     assert_eq!(csv_then, csv_before);
 }
+
+/// Rows of one Parquet file (argv[1]) whose sensor sorts before the previous row's, in the file's
+/// row order, and the number of sensors in it.
+const SENSOR_ORDER_PY: &str = r#"
+import duckdb, sys
+bad, sensors = duckdb.execute("""
+  SELECT count(*) FILTER (WHERE prev > sensor_id), count(DISTINCT sensor_id)
+  FROM (SELECT sensor_id, lag(sensor_id) OVER (ORDER BY file_row_number) AS prev
+        FROM read_parquet(?, file_row_number = true))""", [sys.argv[1]]).fetchone()
+print(bad, sensors)
+"#;
 
 /// Every file under `root/table`, data files only (not the log).
 fn data_files(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
