@@ -93,16 +93,7 @@ async fn compaction_while_reading_never_changes_a_count_and_time_travel_rebuilds
     // A compacted date's aggregates are ordered by sensor (`lifecycle::layout`): read by DuckDB in
     // the file's own row order, no row has a sensor that sorts before the row above it.
     for f in active(&tmp.path().join("data"), "aggregates") {
-        let out = std::process::Command::new("python3")
-            .args(["-c", SENSOR_ORDER_PY, f.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = python(&["-c".as_ref(), SENSOR_ORDER_PY.as_ref(), f.as_os_str()]);
         let (bad, sensors) = text.trim().split_once(' ').unwrap();
         assert_eq!(bad, "0", "{}: rows out of sensor order", f.display());
         assert!(
@@ -163,6 +154,20 @@ bad, sensors = duckdb.execute("""
 print(bad, sensors)
 "#;
 
+/// Runs python3 with `args`; its standard output (a failure shows its standard error).
+fn python(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new("python3")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Every file under `root/table`, data files only (not the log).
 fn data_files(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
     let mut v = Vec::new();
@@ -185,21 +190,8 @@ fn data_files(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
 
 /// The files the Delta log names as active, read with tests/support/delta_files.py.
 fn active(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
-    let out = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/delta_files.py"
-        ))
-        .arg(root.join(table))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/delta_files.py");
+    python(&[script.as_ref(), root.join(table).as_os_str()])
         .lines()
         .map(std::path::PathBuf::from)
         .collect()
