@@ -17,8 +17,8 @@
 //!
 //! DuckDB reads the Parquet files directly (`read_parquet('…/date=*/*.parquet', hive_partitioning)`):
 //! right here because every file in the table's folders is live (the year is vacuumed after its
-//! compaction). DuckDB is the Python
-//! package `.ci/setup` installs; its process start (~0.1 s) counts, as jinryu's does.
+//! compaction). DuckDB is the Python package `.ci/setup` installs; its process start (~0.1 s)
+//! counts, as jinryu's does.
 //!
 //! Run: `cargo bench --bench vs_duckdb` (release binary). `JINRYU_BENCH_CASES=ingest-30d,monthly`
 //! picks cases, `JINRYU_BENCH_RUNS` the runs per tool (default 3), `JINRYU_BENCH_BIN` another
@@ -309,11 +309,12 @@ impl Bench {
             m.rss_mb
         );
         // DuckDB reads the folders, not the log: the files compaction replaced are deleted
-        // (vacuum with its clock two hours ahead, past the shortest retention it allows).
+        // (vacuum with its clock moved past the shortest retention it allows).
         let vacuumed = rt.block_on(async {
+            use jinryu::sink::lifecycle::{MIN_FILE_RETENTION_MS, vacuum};
             let storage = jinryu::sink::store::Storage::open(&cfg.storage_url).unwrap();
-            let later = chrono::Utc::now().timestamp_millis() + 2 * 3_600_000;
-            jinryu::sink::lifecycle::vacuum(&storage, 3_600_000, false, later)
+            let later = chrono::Utc::now().timestamp_millis() + 2 * MIN_FILE_RETENTION_MS;
+            vacuum(&storage, MIN_FILE_RETENTION_MS, false, later)
                 .await
                 .unwrap()
         });

@@ -133,7 +133,7 @@ impl Behind {
     }
 
     /// Waits for the epoch being written; the writer is idle afterwards.
-    async fn settle(&mut self) -> anyhow::Result<&mut SourceWriter> {
+    async fn settle(&mut self) -> anyhow::Result<()> {
         if let Some(task) = self.busy.take() {
             let (writer, rows) = task
                 .await
@@ -141,7 +141,7 @@ impl Behind {
             self.rows_written += rows as u64;
             self.idle = Some(writer);
         }
-        Ok(self.idle.as_mut().expect("an idle or a busy writer"))
+        Ok(())
     }
 
     /// Hands one epoch to the writer once the previous one is stored. The epoch is taken from

@@ -93,7 +93,10 @@ async fn compaction_while_reading_never_changes_a_count_and_time_travel_rebuilds
     // A compacted date's aggregates are ordered by sensor (`lifecycle::layout`): read by DuckDB in
     // the file's own row order, no row has a sensor that sorts before the row above it.
     for f in active(&tmp.path().join("data"), "aggregates") {
-        let text = python(&["-c".as_ref(), SENSOR_ORDER_PY.as_ref(), f.as_os_str()]);
+        let text = support::python(
+            &["-c".as_ref(), SENSOR_ORDER_PY.as_ref(), f.as_os_str()],
+            "DuckDB could not read a compacted file",
+        );
         let (bad, sensors) = text.trim().split_once(' ').unwrap();
         assert_eq!(bad, "0", "{}: rows out of sensor order", f.display());
         assert!(
@@ -154,20 +157,6 @@ bad, sensors = duckdb.execute("""
 print(bad, sensors)
 "#;
 
-/// Runs python3 with `args`; its standard output (a failure shows its standard error).
-fn python(args: &[&std::ffi::OsStr]) -> String {
-    let out = std::process::Command::new("python3")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Every file under `root/table`, data files only (not the log).
 fn data_files(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
     let mut v = Vec::new();
@@ -191,10 +180,13 @@ fn data_files(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
 /// The files the Delta log names as active, read with tests/support/delta_files.py.
 fn active(root: &Path, table: &str) -> Vec<std::path::PathBuf> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/delta_files.py");
-    python(&[script.as_ref(), root.join(table).as_os_str()])
-        .lines()
-        .map(std::path::PathBuf::from)
-        .collect()
+    support::python(
+        &[script.as_ref(), root.join(table).as_os_str()],
+        "the Delta log could not be replayed",
+    )
+    .lines()
+    .map(std::path::PathBuf::from)
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

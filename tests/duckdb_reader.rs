@@ -3,7 +3,7 @@
 //! no Delta library) — Hive partitions, UTC timestamps, additive rows — and gets the simulator's
 //! truth.
 
-use std::process::Command;
+mod support;
 
 use jinryu::config::Config;
 use jinryu::ingest::{IngestOptions, ingest};
@@ -47,19 +47,15 @@ dates = con.execute(f"""
 """).fetchall()
 print("date-partitions-match-local-dates", dates)
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&data)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"))
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "DuckDB could not read the tables (is the duckdb Python package installed? `pip install duckdb`):\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = support::python(
+        &[
+            "-c".as_ref(),
+            script.as_ref(),
+            data.as_os_str(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support").as_ref(),
+        ],
+        "DuckDB could not read the tables (is the duckdb Python package installed? `pip install duckdb`)",
     );
-    let text = String::from_utf8(out.stdout).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines.pop(),

@@ -82,24 +82,14 @@ async fn spark_reads_the_tables_and_agrees_with_jinryu() {
         versions.quarantine.unwrap(),
     ));
 
-    let out = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/spark_read.py"
-        ))
-        .arg(&root)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "Spark could not read the tables (is pyspark with delta-spark installed? bash .ci/setup):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let spark: String = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("date,") || l.starts_with("rows,") || l.starts_with("version,"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/spark_read.py");
+    let spark: String = support::python(
+        &[script.as_ref(), root.as_os_str()],
+        "Spark could not read the tables (is pyspark with delta-spark installed? bash .ci/setup)",
+    )
+    .lines()
+    .filter(|l| l.starts_with("date,") || l.starts_with("rows,") || l.starts_with("version,"))
+    .map(|l| format!("{l}\n"))
+    .collect();
     assert_eq!(spark, expected);
 }

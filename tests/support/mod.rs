@@ -10,6 +10,21 @@ use std::time::{Duration, Instant};
 use jinryu::sink::checkpoint::Checkpoint;
 use jinryu::sink::store::Storage;
 
+/// Runs python3 with `args` and returns its standard output; a failure shows `what` (what could
+/// not be done, with the hint to fix it) and python's standard error.
+pub fn python(args: &[&std::ffi::OsStr], what: &str) -> String {
+    let out = Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{what}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("python prints UTF-8")
+}
+
 /// A free TCP port on loopback (and the next one, for Kafka's controller).
 pub fn free_port() -> u16 {
     loop {
