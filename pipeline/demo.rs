@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{BooleanArray, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{BooleanArray, Int64Array, TimestampMillisecondArray};
 use datafusion::prelude::SessionContext;
 
 use crate::config::Config;
@@ -56,8 +56,8 @@ pub async fn verify(
     let mut v = Verification::default();
     let mut seen: HashMap<(u32, i64), usize> = HashMap::new();
     for b in &batches {
-        let sensor = jobs::column::<StringArray>(b, 0);
-        let dir = jobs::column::<StringArray>(b, 1);
+        let sensor = jobs::text(b, 0);
+        let dir = jobs::text(b, 1);
         let ws = jobs::column::<TimestampMillisecondArray>(b, 2);
         let count = jobs::column::<Int64Array>(b, 3);
         let up = jobs::column::<BooleanArray>(b, 4);

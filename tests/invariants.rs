@@ -343,21 +343,9 @@ async fn dst_zone_day_boundaries() {
         .unwrap();
     let mut day = Vec::new();
     for b in &rows {
-        let date = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
-        let time = b
-            .column(1)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
-        let status = b
-            .column(6)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
+        let date = jinryu::jobs::text(b, 0);
+        let time = jinryu::jobs::text(b, 1);
+        let status = jinryu::jobs::text(b, 6);
         for i in 0..b.num_rows() {
             if date.value(i) == "2025-10-26" {
                 day.push((time.value(i).to_string(), status.value(i).to_string()));
@@ -402,11 +390,7 @@ async fn grid_is_the_sql_definition(
             .as_any()
             .downcast_ref::<arrow::array::Int64Array>()
             .unwrap();
-        let status = b
-            .column(6)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
+        let status = jinryu::jobs::text(b, 6);
         for i in 0..b.num_rows() {
             sql.push(match status.value(i) {
                 "ok" => Cell::Ok(count.value(i) as u64),

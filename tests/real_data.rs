@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use arrow::array::{Array, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{Array, Int64Array, TimestampMillisecondArray};
 use chrono::{NaiveDateTime, TimeZone};
 use jinryu::config::Config;
 use jinryu::ingest::{IngestOptions, ingest};
@@ -166,8 +166,8 @@ async fn replay(
     let mut got = Hourly::new();
     let mut sensors = std::collections::BTreeSet::new();
     for b in &batches {
-        let s = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-        let d = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        let s = jinryu::jobs::text(b, 0);
+        let d = jinryu::jobs::text(b, 1);
         let h = b
             .column(2)
             .as_any()

@@ -16,11 +16,12 @@ pub mod monthly;
 pub mod obligations;
 pub mod pdf;
 pub mod report;
+pub mod scan;
 pub mod schedule;
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, StringViewArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
@@ -110,8 +111,19 @@ async fn register_table(
         )?;
         return Ok(());
     };
-    loaded.update_datafusion_session(&ctx.state())?;
-    let provider = loaded.table_provider().await?;
+    let url = datafusion::execution::object_store::ObjectStoreUrl::parse(
+        crate::sink::store::DATAFUSION_URL,
+    )?;
+    let provider: Arc<dyn datafusion::datasource::TableProvider> =
+        match scan::DeltaFiles::try_new(table, &loaded, url)? {
+            Some(files) => Arc::new(files),
+            None => {
+                loaded.update_datafusion_session(&ctx.state())?;
+                loaded.table_provider().await?
+            }
+        };
+    // Casts where the stored type differs (timestamps in µs, unsigned counters); DataFusion drops
+    // the others.
     let exprs: Vec<_> = view
         .fields()
         .iter()
@@ -173,15 +185,15 @@ pub async fn context_at(
     let sensors = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("sensor_ord", DataType::UInt32, false),
-            Field::new("sensor_id", DataType::Utf8, false),
-            Field::new("array", DataType::Utf8, false),
+            Field::new("sensor_id", DataType::Utf8View, false),
+            Field::new("array", DataType::Utf8View, false),
         ])),
         vec![
             Arc::new(UInt32Array::from_iter_values(0..reg.len() as u32)) as ArrayRef,
-            Arc::new(StringArray::from_iter_values(
+            Arc::new(StringViewArray::from_iter_values(
                 reg.sensors().iter().map(|s| &s.id),
             )),
-            Arc::new(StringArray::from_iter_values(
+            Arc::new(StringViewArray::from_iter_values(
                 reg.sensors().iter().map(|s| &s.array),
             )),
         ],
@@ -206,18 +218,20 @@ pub async fn context_at(
         Arc::new(Schema::new(vec![
             Field::new("sensor_ord", DataType::UInt32, false),
             Field::new("direction_ord", DataType::UInt32, false),
-            Field::new("sensor_id", DataType::Utf8, false),
-            Field::new("array", DataType::Utf8, false),
-            Field::new("direction", DataType::Utf8, false),
+            Field::new("sensor_id", DataType::Utf8View, false),
+            Field::new("array", DataType::Utf8View, false),
+            Field::new("direction", DataType::Utf8View, false),
         ])),
         vec![
             Arc::new(UInt32Array::from_iter_values(pairs.iter().map(|p| p.0))) as ArrayRef,
             Arc::new(UInt32Array::from_iter_values(pairs.iter().map(|p| p.1))),
-            Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| &p.2.id))),
-            Arc::new(StringArray::from_iter_values(
+            Arc::new(StringViewArray::from_iter_values(
+                pairs.iter().map(|p| &p.2.id),
+            )),
+            Arc::new(StringViewArray::from_iter_values(
                 pairs.iter().map(|p| &p.2.array),
             )),
-            Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| p.3))),
+            Arc::new(StringViewArray::from_iter_values(pairs.iter().map(|p| p.3))),
         ],
     )?;
     ctx.register_table(
@@ -278,25 +292,25 @@ async fn intake_batch(cfg: &Config, storage: &Storage) -> anyhow::Result<RecordB
     };
     Ok(RecordBatch::try_new(
         Arc::new(Schema::new(vec![
-            Field::new("date", DataType::Utf8, false),
+            Field::new("date", DataType::Utf8View, false),
             Field::new(
                 "day_start",
                 DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, Some("UTC".into())),
                 false,
             ),
-            Field::new("source", DataType::Utf8, false),
+            Field::new("source", DataType::Utf8View, false),
             Field::new("records", DataType::UInt64, false),
             Field::new("quarantined", DataType::UInt64, false),
         ])),
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))) as ArrayRef,
+            Arc::new(StringViewArray::from_iter_values(rows.iter().map(|r| &r.0))) as ArrayRef,
             Arc::new(
                 arrow::array::TimestampMillisecondArray::from_iter_values(
                     rows.iter().map(|r| day_start(&r.0)),
                 )
                 .with_timezone("UTC"),
             ),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+            Arc::new(StringViewArray::from_iter_values(rows.iter().map(|r| &r.1))),
             Arc::new(arrow::array::UInt64Array::from_iter_values(
                 rows.iter().map(|r| r.2),
             )),
@@ -317,6 +331,25 @@ pub fn column<T: 'static>(b: &RecordBatch, i: usize) -> &T {
             b.column(i).data_type()
         )
     })
+}
+
+/// Column `i` of a query result as text, whichever string type the SQL produced: the tables'
+/// text columns are `Utf8View`, computed text (literals, `CONCAT`, `to_char`) is often `Utf8`.
+/// A column that is not text is a bug in the job's SQL, so it panics naming the column.
+pub fn text(b: &RecordBatch, i: usize) -> StringViewArray {
+    use arrow::array::AsArray;
+    let c = b.column(i);
+    match c.data_type() {
+        DataType::Utf8View => c.as_string_view().clone(),
+        DataType::Utf8 | DataType::LargeUtf8 => arrow::compute::cast(c, &DataType::Utf8View)
+            .expect("text casts to Utf8View")
+            .as_string_view()
+            .clone(),
+        other => panic!(
+            "column {i} (`{}`) has type {other}, not text",
+            b.schema().field(i).name()
+        ),
+    }
 }
 
 /// Every local date with rows in the aggregates table, in order.

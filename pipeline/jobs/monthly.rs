@@ -213,8 +213,8 @@ pub async fn month_grid(
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         let b = batch?;
-        let sensor = super::column::<StringArray>(&b, 0);
-        let direction = super::column::<StringArray>(&b, 1);
+        let sensor = super::text(&b, 0);
+        let direction = super::text(&b, 1);
         let ws = super::column::<TimestampMillisecondArray>(&b, 2);
         let count = arrow::compute::cast(b.column(3), &DataType::UInt64)?;
         let count = count
@@ -293,8 +293,8 @@ pub async fn array_shares(
     // window → series → count
     let mut by_window: BTreeMap<i64, Vec<Option<u64>>> = BTreeMap::new();
     for b in &batches {
-        let s = super::column::<StringArray>(b, 0);
-        let d = super::column::<StringArray>(b, 1);
+        let s = super::text(b, 0);
+        let d = super::text(b, 1);
         let ws = super::column::<TimestampMillisecondArray>(b, 2);
         let c = super::column::<Int64Array>(b, 3);
         for i in 0..b.num_rows() {
@@ -523,7 +523,7 @@ async fn quarantined_in_month(
     );
     let mut out = BTreeMap::new();
     for b in ctx.sql(&sql).await?.collect().await? {
-        let r = super::column::<StringArray>(&b, 0);
+        let r = super::text(&b, 0);
         let n = super::column::<Int64Array>(&b, 1);
         for i in 0..b.num_rows() {
             out.insert(r.value(i).to_string(), n.value(i) as u64);

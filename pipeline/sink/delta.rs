@@ -68,14 +68,23 @@ impl Table {
         }
     }
 
-    /// The columns as SQL sees them (`schemas/*.json`), `date` last.
+    /// The columns as SQL sees them (`schemas/*.json`), `date` last: the written columns, text
+    /// as `Utf8View` (what DataFusion's Parquet reader yields without a copy, and what its
+    /// string functions, joins and groupings work on natively).
     pub fn view_schema(self) -> SchemaRef {
         let base = match self {
             Table::Aggregates => super::tables::AGGREGATES.clone(),
             Table::Quarantine => super::tables::QUARANTINE.clone(),
         };
-        let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new("date", DataType::Utf8, false));
+        let mut fields: Vec<Field> = base
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        fields.push(Field::new("date", DataType::Utf8View, false));
         Arc::new(Schema::new(fields))
     }
 }
