@@ -386,6 +386,30 @@ async fn the_scan_answers_as_delta_rs_and_prunes_by_date_and_statistics() {
     }
 
     let ctx = jobs::context(&cfg, &storage).await.unwrap();
+    // The dates the scheduler's jobs cover come from the file list: the same as a scan's.
+    let listed: Vec<String> = jobs::dates_with_data(&ctx)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    let scanned = jinryu::jobs::query(
+        &ctx,
+        "SELECT DISTINCT CAST(date AS VARCHAR) AS d FROM aggregates ORDER BY d",
+    )
+    .await
+    .unwrap();
+    let scanned: Vec<String> = scanned
+        .iter()
+        .flat_map(|b| {
+            let t = jobs::text(b, 0);
+            (0..b.num_rows())
+                .map(|i| t.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(listed, scanned);
+    assert_eq!(listed, dates);
     // Partition pruning: the plan names only the filtered date's files.
     let plan = text_of(
         &ctx,

@@ -181,10 +181,15 @@ pub async fn context_at(
         aggregates: aggregates.as_ref().and_then(|t| t.version()),
         quarantine: quarantine.as_ref().and_then(|t| t.version()),
     };
+    let dates = match &aggregates {
+        Some(t) => scan::dates_with_rows(t)?,
+        None => Default::default(),
+    };
     let mut session = SessionConfig::new()
         .with_target_partitions(scan_partitions())
         .with_information_schema(true)
-        .with_extension(Arc::new(versions.clone()));
+        .with_extension(Arc::new(versions.clone()))
+        .with_extension(Arc::new(DatesWithData(dates)));
     // A file's footer and page index are read in one request of this size from its end.
     // DataFusion's default (512 KiB) is larger than a compacted date of 1,000 sensors (~375 KB):
     // every query read each file whole before reading the columns it needs from it again.
@@ -369,29 +374,20 @@ pub fn text(b: &RecordBatch, i: usize) -> StringViewArray {
     }
 }
 
-/// Every local date with rows in the aggregates table, in order.
+/// The local dates with rows in the aggregates table a session reads (set by [`context_at`]).
+#[derive(Debug, Default)]
+struct DatesWithData(std::collections::BTreeSet<chrono::NaiveDate>);
+
+/// Every local date with rows in the aggregates table, in order — from the snapshot's file list
+/// (each data file's `date` and row count), read when the session was made: no scan.
 pub async fn dates_with_data(
     ctx: &SessionContext,
 ) -> anyhow::Result<std::collections::BTreeSet<chrono::NaiveDate>> {
-    let batches = query(
-        ctx,
-        "SELECT DISTINCT CAST(date AS VARCHAR) AS d FROM aggregates",
-    )
-    .await?;
-    let mut out = std::collections::BTreeSet::new();
-    for b in &batches {
-        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
-        let Some(col) = col.as_any().downcast_ref::<arrow::array::StringArray>() else {
-            anyhow::bail!(
-                "dates of the aggregates table: not text but {}",
-                col.data_type()
-            );
-        };
-        for v in col.iter().flatten() {
-            out.insert(chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")?);
-        }
-    }
-    Ok(out)
+    ctx.state()
+        .config()
+        .get_extension::<DatesWithData>()
+        .map(|d| d.0.clone())
+        .ok_or_else(|| anyhow::anyhow!("not a session made by jobs::context"))
 }
 
 /// Runs an analyst's query and returns its batches. Queries only: DDL (`CREATE ...`), DML

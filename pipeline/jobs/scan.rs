@@ -174,6 +174,26 @@ impl DeltaFiles {
     }
 }
 
+/// The dates of `loaded`'s data files that hold rows (a file's `numRecords`; a file without
+/// statistics counts as holding rows), in order.
+pub fn dates_with_rows(
+    loaded: &deltalake_core::DeltaTable,
+) -> anyhow::Result<std::collections::BTreeSet<chrono::NaiveDate>> {
+    let mut out = std::collections::BTreeSet::new();
+    for f in loaded.snapshot()?.log_data().iter() {
+        if f.num_records() == Some(0) {
+            continue;
+        }
+        if let Some(Some(d)) = f.partition_values_map().remove(PARTITION) {
+            out.insert(
+                chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")
+                    .map_err(|e| anyhow::anyhow!("data file {} has date `{d}`: {e}", f.path()))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// A file's Delta statistics (`numRecords`, `minValues`, `maxValues`, `nullCount`) for the
 /// columns of `schema`; what is missing or not trustworthy is left `Absent`.
 fn file_statistics(schema: &Schema, stats: Option<&str>) -> Statistics {
