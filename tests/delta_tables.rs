@@ -410,6 +410,30 @@ async fn the_scan_answers_as_delta_rs_and_prunes_by_date_and_statistics() {
         .collect();
     assert_eq!(listed, scanned);
     assert_eq!(listed, dates);
+    // Date filters are applied to the files alone (nothing re-checks the rows), so they must
+    // follow SQL's WHERE: a NULL result keeps nothing, an IN list keeps exactly its dates.
+    let none = support::scalar_i64(
+        &ctx,
+        "SELECT COUNT(*) FROM aggregates \
+         WHERE date NOT IN ('2000-01-01', '2000-01-02', '2000-01-03', '2000-01-04', NULL)",
+    )
+    .await;
+    assert_eq!(none, 0);
+    let count_on = |d: &str| format!("SELECT COUNT(*) FROM aggregates WHERE date = '{d}'");
+    let two = support::scalar_i64(
+        &ctx,
+        &format!(
+            "SELECT COUNT(*) FROM aggregates WHERE date IN ('{}', '{}', 'x', 'y', 'z')",
+            dates[0], dates[2]
+        ),
+    )
+    .await;
+    let (first, last) = (
+        support::scalar_i64(&ctx, &count_on(&dates[0])).await,
+        support::scalar_i64(&ctx, &count_on(&dates[2])).await,
+    );
+    assert!(first > 0 && last > 0);
+    assert_eq!(two, first + last);
     // Partition pruning: the plan names only the filtered date's files.
     let plan = text_of(
         &ctx,

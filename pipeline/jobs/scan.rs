@@ -23,7 +23,10 @@
 //! reader protocol, other partition columns, files outside the table folder) is read through
 //! delta-rs's provider instead — never guessed at.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringViewArray};
 
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
@@ -35,10 +38,11 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
+use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -55,6 +59,14 @@ fn scan_type(stored: &DataType) -> DataType {
     match stored {
         DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
         other => other.clone(),
+    }
+}
+
+/// The `date` of one of our files (set in [`DeltaFiles::try_new`]).
+fn date_of(f: &PartitionedFile) -> &str {
+    match f.partition_values.first() {
+        Some(ScalarValue::Utf8View(Some(d))) => d,
+        other => unreachable!("a file's date is set as Utf8View, not {other:?}"),
     }
 }
 
@@ -121,12 +133,9 @@ impl DeltaFiles {
                 tracing::debug!(table = table.name(), path = %rel, "file outside the table folder or without a date: read through delta-rs");
                 return Ok(None);
             };
+            let rel_path = f.object_store_path();
             let location = Path::from_iter(
-                std::iter::once(PathPart::from(table.name())).chain(
-                    f.object_store_path()
-                        .parts()
-                        .map(|p| p.as_ref().to_string().into()),
-                ),
+                std::iter::once(PathPart::from(table.name())).chain(rel_path.parts()),
             );
             let meta = object_store::ObjectMeta {
                 location,
@@ -135,6 +144,9 @@ impl DeltaFiles {
                 e_tag: None,
                 version: None,
             };
+            // Per file only, for pruning (the scan's file pruner reads Exact bounds). They must
+            // never become the table's statistics: a max rounded up to its millisecond would then
+            // answer `SELECT MAX(window_start)` by itself.
             let stats = file_statistics(&file_schema, f.stats().as_deref());
             let file = PartitionedFile::new_from_meta(meta)
                 .with_partition_values(vec![ScalarValue::Utf8View(Some(date))])
@@ -150,6 +162,41 @@ impl DeltaFiles {
             files,
             url,
         }))
+    }
+
+    /// The dates whose files `filters` (on `date` only) keep; `None`: no such filter. Each date is
+    /// evaluated once, as SQL's WHERE does a row: kept only when the filter is true (not false,
+    /// not NULL). These filters are pushed down as exact, so nothing re-checks the rows.
+    fn dates_kept(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> datafusion::error::Result<Option<HashSet<String>>> {
+        let Some(filter) = conjunction(filters) else {
+            return Ok(None);
+        };
+        let dates: BTreeSet<&str> = self.files.iter().map(date_of).collect();
+        let schema = Arc::new(Schema::new(vec![self.partition.clone()]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringViewArray::from_iter_values(dates.iter()))],
+        )?;
+        let expr = state.create_physical_expr(filter, &DFSchema::try_from(schema)?)?;
+        let result = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let keep = result.as_boolean_opt().ok_or_else(|| {
+            datafusion::error::DataFusionError::Plan(format!(
+                "a filter on `{PARTITION}` is not true or false but {}",
+                result.data_type()
+            ))
+        })?;
+        Ok(Some(
+            dates
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| keep.is_valid(*i) && keep.value(*i))
+                .map(|(_, d)| d.to_string())
+                .collect(),
+        ))
     }
 
     /// `files` split into at most `n` groups of consecutive files with about equal bytes.
@@ -220,15 +267,15 @@ fn file_statistics(schema: &Schema, stats: Option<&str>) -> Statistics {
 }
 
 /// One min or max value of the Delta statistics as a scalar of `t`. Strings are used only when
-/// shorter than 32 characters (writers may truncate longer ones, and a truncated max is not an
-/// upper bound); timestamps are stored to the millisecond, so a max is rounded up to the last
+/// shorter than 32 bytes (writers shorten longer ones — Spark to 32 characters, delta-rs to 64
+/// bytes — and a shortened value is not the column's own); timestamps are stored to the millisecond, so a max is rounded up to the last
 /// microsecond of its millisecond.
 fn stat_value(t: &DataType, v: &serde_json::Value, is_max: bool) -> Option<ScalarValue> {
     match t {
         DataType::Int64 => v.as_i64().map(|n| ScalarValue::Int64(Some(n))),
         DataType::Utf8View => v
             .as_str()
-            .filter(|s| s.chars().count() < 32)
+            .filter(|s| s.len() < 32)
             .map(|s| ScalarValue::Utf8View(Some(s.to_string()))),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {
             let t = chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
@@ -282,13 +329,13 @@ impl TableProvider for DeltaFiles {
             .filter(|f| expr_applicable_for_cols(&[PARTITION], f))
             .cloned()
             .collect();
-        let date_schema = DFSchema::try_from(Schema::new(vec![self.partition.clone()]))?;
-        let mut files = Vec::new();
-        for f in &self.files {
-            if let Some(f) = filter_partitioned_file(f.clone(), &on_date, &date_schema)? {
-                files.push(f);
-            }
-        }
+        let kept = self.dates_kept(state, on_date)?;
+        let files: Vec<PartitionedFile> = self
+            .files
+            .iter()
+            .filter(|f| kept.as_ref().is_none_or(|k| k.contains(date_of(f))))
+            .cloned()
+            .collect();
         if files.is_empty() {
             let schema = match projection {
                 Some(p) => Arc::new(self.schema.project(p)?),
