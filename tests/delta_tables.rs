@@ -388,7 +388,6 @@ async fn the_scan_answers_as_delta_rs_and_prunes_by_date_and_statistics() {
     let ctx = jobs::context(&cfg, &storage).await.unwrap();
     // The dates the scheduler's jobs cover come from the file list: the same as a scan's.
     let listed: Vec<String> = jobs::dates_with_data(&ctx)
-        .await
         .unwrap()
         .iter()
         .map(|d| d.to_string())

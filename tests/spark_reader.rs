@@ -58,12 +58,7 @@ async fn spark_reads_the_tables_and_agrees_with_jinryu() {
     .unwrap();
     let mut expected = String::new();
     for batch in &b {
-        let dates =
-            arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-        let dates = dates
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
+        let dates = jinryu::jobs::text(batch, 0);
         let people = jinryu::jobs::column::<arrow::array::Int64Array>(batch, 1);
         for i in 0..batch.num_rows() {
             expected.push_str(&format!("date,{},{}\n", dates.value(i), people.value(i)));

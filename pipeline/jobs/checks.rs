@@ -301,7 +301,7 @@ pub async fn run_checks(
 ) -> anyhow::Result<Vec<Incident>> {
     let from_ms = cfg.window.day_start(from);
     // Never look back before the first day with data: there every sensor would look offline.
-    let first_data = super::dates_with_data(ctx).await?.first().copied();
+    let first_data = super::dates_with_data(ctx)?.first().copied();
     let mut back = 1u64;
     loop {
         let start = match first_data {

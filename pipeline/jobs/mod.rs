@@ -380,7 +380,7 @@ struct DatesWithData(std::collections::BTreeSet<chrono::NaiveDate>);
 
 /// Every local date with rows in the aggregates table, in order — from the snapshot's file list
 /// (each data file's `date` and row count), read when the session was made: no scan.
-pub async fn dates_with_data(
+pub fn dates_with_data(
     ctx: &SessionContext,
 ) -> anyhow::Result<std::collections::BTreeSet<chrono::NaiveDate>> {
     ctx.state()

@@ -194,7 +194,7 @@ pub async fn run_checks(cfg: &Config, storage: &Storage) -> anyhow::Result<usize
                     since_version = first,
                     "the aggregates log since the last check is incomplete; checking every date of the table"
                 );
-                dates.extend(jobs::dates_with_data(&ctx).await?);
+                dates.extend(jobs::dates_with_data(&ctx)?);
             }
         }
     }
@@ -401,8 +401,7 @@ pub async fn run_monthly(cfg: &Config, storage: &Storage) -> anyhow::Result<Vec<
     };
     let ctx = jobs::context(cfg, storage).await?;
     let current = jobs::read_versions(&ctx).aggregates;
-    let months: BTreeSet<(i32, u32)> = jobs::dates_with_data(&ctx)
-        .await?
+    let months: BTreeSet<(i32, u32)> = jobs::dates_with_data(&ctx)?
         .iter()
         .map(|d| (d.year(), d.month()))
         .collect();

@@ -4,8 +4,9 @@
 //!
 //! Compaction is Delta's optimize: a date's small files are rewritten into one (aggregates ordered
 //! by sensor, see [`layout`]) and swapped in one commit (`remove` + `add`, no data change), so a
-//! reader sees either the old files or the new one, never both. Vacuum deletes files that no current commit names once they are older than the
-//! retention: files replaced by compaction or a re-run, and files of epochs that never committed.
+//! reader sees either the old files or the new one, never both. Vacuum deletes files that no
+//! current commit names once they are older than the retention: files replaced by compaction or a
+//! re-run, and files of epochs that never committed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
