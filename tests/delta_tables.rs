@@ -465,6 +465,29 @@ async fn the_scan_answers_as_delta_rs_and_prunes_by_date_and_statistics() {
     let (total, kept) = pruned.split_once(" total → ").unwrap();
     let (total, kept): (u64, u64) = (total.parse().unwrap(), kept.parse().unwrap());
     assert!(kept > 0 && kept < total / 2, "{pruned}");
+
+    // Eager aggregation (`jobs::eager_aggregation`): the analysts' join with the registry is
+    // summed per date and sensor below the join. `SUM(count + 0)` is the same sum, left to
+    // DataFusion's plan (the rule takes plain columns only): both must agree, for all arrays and
+    // for one, whose join still hands its dynamic filter to the scan.
+    for filter in ["", "WHERE s.array = 'J2'"] {
+        let sql = |sum: &str| {
+            format!(
+                "SELECT CAST(a.date AS VARCHAR) AS d, CAST(s.array AS VARCHAR) AS arr, {sum} AS n \
+                 FROM aggregates a JOIN sensors s ON a.sensor_id = s.sensor_id {filter} \
+                 GROUP BY a.date, s.array ORDER BY d, arr"
+            )
+        };
+        let eager = text_of(&ctx, &sql("SUM(a.\"count\")")).await;
+        let plain = text_of(&ctx, &sql("SUM(a.\"count\" + 0)")).await;
+        assert!(eager.lines().count() > 4, "{eager}");
+        assert_eq!(eager, plain);
+        let plan = text_of(&ctx, &format!("EXPLAIN {}", sql("SUM(a.\"count\")"))).await;
+        assert!(plan.contains("__eager_0"), "{plan}");
+        assert!(plan.contains("predicate=DynamicFilter"), "{plan}");
+        let plan = text_of(&ctx, &format!("EXPLAIN {}", sql("SUM(a.\"count\" + 0)"))).await;
+        assert!(!plan.contains("__eager_"), "{plan}");
+    }
 }
 
 /// A table this scan does not understand (here: deletion vectors, reader protocol 3) is read

@@ -9,8 +9,12 @@
 //! | `sensors` | the registry: `sensor_ord`, `sensor_id`, `array` |
 //! | `sensor_directions` | one row per sensor and configured direction |
 //! | `flow_15min` | view: one row per sensor, direction and window (`sql/flow_15min.sql`) |
+//!
+//! Sessions read the Delta tables through `scan` and plan with DataFusion's rules plus
+//! `eager_aggregation` (sums below a join with the registry).
 
 pub mod checks;
+pub mod eager_aggregation;
 pub mod format;
 pub mod monthly;
 pub mod obligations;
@@ -194,7 +198,12 @@ pub async fn context_at(
     // DataFusion's default (512 KiB) is larger than a compacted date of 1,000 sensors (~375 KB):
     // every query read each file whole before reading the columns it needs from it again.
     session.options_mut().execution.parquet.metadata_size_hint = Some(METADATA_READ);
-    let ctx = SessionContext::new_with_config(session);
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(session)
+        .with_default_features()
+        .with_physical_optimizer_rules(eager_aggregation::EagerAggregation::with_default_rules())
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     // Other stored objects (alert state) are read through this URL.
     ctx.register_object_store(
         &url::Url::parse(crate::sink::store::DATAFUSION_URL)?,
