@@ -189,6 +189,15 @@ pub async fn context_at(
         Some(t) => scan::dates_with_rows(t)?,
         None => Default::default(),
     };
+    // The intake counts come from the writers' latest state objects (older ones may be gone):
+    // a latest session reuses the log it has just read instead of reading it again.
+    let intake = match as_of {
+        AsOf::Latest => intake_batch(cfg, storage, aggregates.as_ref()).await?,
+        _ => {
+            let latest = delta::load(storage, Table::Aggregates).await?;
+            intake_batch(cfg, storage, latest.as_ref()).await?
+        }
+    };
     let mut session = SessionConfig::new()
         .with_target_partitions(scan_partitions())
         .with_information_schema(true)
@@ -270,7 +279,6 @@ pub async fn context_at(
         Arc::new(MemTable::try_new(dirs.schema(), vec![vec![dirs]])?),
     )?;
 
-    let intake = intake_batch(cfg, storage).await?;
     ctx.register_table(
         "intake",
         Arc::new(MemTable::try_new(intake.schema(), vec![vec![intake]])?),
@@ -282,12 +290,17 @@ pub async fn context_at(
 
 /// The `intake` table: messages received per local day and source, and how many of them were
 /// quarantined — from the state objects the aggregates table's progress names (file runs'
-/// reports, Kafka partitions' totals). The denominator of the quarantine rate.
-async fn intake_batch(cfg: &Config, storage: &Storage) -> anyhow::Result<RecordBatch> {
+/// reports, Kafka partitions' totals), read from the `latest` aggregates snapshot. The
+/// denominator of the quarantine rate.
+async fn intake_batch(
+    cfg: &Config,
+    storage: &Storage,
+    latest: Option<&deltalake_core::DeltaTable>,
+) -> anyhow::Result<RecordBatch> {
     use object_store::ObjectStoreExt;
     let mut rows: Vec<(String, String, u64, u64)> = Vec::new();
-    if let Some(table) = delta::load(storage, Table::Aggregates).await? {
-        for (app, p) in delta::writers(storage, &table, Table::Aggregates).await? {
+    if let Some(table) = latest {
+        for (app, p) in delta::writers(storage, table, Table::Aggregates).await? {
             let path = delta::state_path(&app, p);
             let bytes = storage.store().get(&path).await?.bytes().await?;
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
