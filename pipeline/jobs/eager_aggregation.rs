@@ -17,20 +17,26 @@
 //! alone or summed with the rows that share its join key and group, and a sum (minimum,
 //! maximum) of sums (minima, maxima) over a partition of the rows is the sum (minimum, maximum)
 //! over all of them. Each partial row is joined with every matching small-side row, exactly as
-//! its rows would have been.
+//! its rows would have been. (A `SUM` of floating-point numbers adds in another order, so its
+//! last bits may differ — as they already do between runs of DataFusion's own parallel plan.)
 //!
-//! It is safe for cost, too: the added aggregate is DataFusion's *partial* aggregate, which
-//! stops aggregating and passes rows through when the groups it finds are nearly as many as
-//! its input rows (`skip_partial_aggregation_probe_ratio_threshold`), so a grouping that does
-//! not reduce the rows costs a probe of the first 100 K rows, not a second hash table.
+//! It is safe for cost, too: the added aggregate is DataFusion's *partial* aggregate, which —
+//! on an input not sorted by its groups — stops aggregating and passes rows through when the
+//! groups it finds are nearly as many as its input rows
+//! (`skip_partial_aggregation_probe_ratio_threshold`), so a grouping that does not reduce the
+//! rows costs a probe of the first 100 K rows, not a second hash table. On an input sorted by
+//! its groups it aggregates in order, which needs no hash table.
 //!
-//! Taken only when everything is known to be exact: an inner equi-join on columns without a
-//! join filter, in `CollectLeft` mode (the build side is the small one, collected whole), the
-//! aggregate's arguments all on the probe side, grouping by plain columns without grouping
-//! sets or limits, and only `SUM` / `MIN` / `MAX` that are not `DISTINCT` nor filtered.
-//! The rewritten aggregate must produce the very schema of the one it replaces (names, types,
-//! nullability) or the plan is left as it was — a `SUM` of decimals, whose partial sums widen
-//! the type, stays unrewritten. `EXPLAIN` shows the added aggregate (`__eager_0` …).
+//! Taken only when everything is known to be exact: an inner equi-join without a join filter,
+//! in `CollectLeft` mode (the build side is the small one, collected whole), whose probe-side
+//! keys are columns; the aggregate's arguments all on the probe side, grouping by plain columns
+//! without grouping sets or limits, and only `SUM` / `MIN` / `MAX` that are not `DISTINCT` nor
+//! filtered. The rewritten aggregate must produce the very schema of the one it replaces (names,
+//! types, nullability), its order and its partitioning, or the plan is left as it was: a `SUM`
+//! of decimals whose partial sums would widen the type stays unrewritten. Columns are matched by
+//! name when filters are pushed through an aggregate, so a probe side or join output with two
+//! columns of one name that the rewrite relies on is left alone too. `EXPLAIN` shows the added
+//! aggregate (`__eager_0` …).
 //!
 //! The rule runs before DataFusion's last filter pushdown, so the join's dynamic filter still
 //! reaches the scan through the added aggregate (it filters on a grouping column): a join that
@@ -206,6 +212,14 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
             kept.push(i);
         }
     }
+    // Filters pushed through the added aggregate find their column by name: each kept column
+    // must be the first of its name.
+    if kept
+        .iter()
+        .any(|&i| probe_schema.index_of(probe_schema.field(i).name()).ok() != Some(i))
+    {
+        return Ok(None);
+    }
     let lower_groups = PhysicalGroupBy::new_single(
         kept.iter()
             .map(|&i| {
@@ -236,8 +250,23 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         Arc::clone(&probe_schema),
     )?);
 
-    // The join, now probing with the partial groups; its output is build ++ lower (no
-    // projection: a few build columns on a few rows).
+    // The join, now probing with the partial groups. Its output: the build columns the groups
+    // use, then every column of the added aggregate (keys, partial results).
+    let mut build_used: Vec<usize> = groups
+        .iter()
+        .filter_map(|s| match s {
+            Side::Build(j) => Some(*j),
+            Side::Probe(_) => None,
+        })
+        .collect();
+    build_used.sort_unstable();
+    build_used.dedup();
+    let lower_width = kept.len() + args.len();
+    let projection: Vec<usize> = build_used
+        .iter()
+        .copied()
+        .chain(build_width..build_width + lower_width)
+        .collect();
     let on = join
         .on
         .iter()
@@ -258,11 +287,19 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         HashJoinExecBuilder::new(Arc::clone(join.left()), lower, on, JoinType::Inner)
             .with_partition_mode(PartitionMode::CollectLeft)
             .with_null_equality(join.null_equality)
+            .with_projection(Some(projection))
             .build_exec()?;
     let joined = new_join.schema();
+    // Likewise above the join (a TopK's filter on a grouping column): the grouping columns'
+    // names must be unique in the join's output (`GROUP BY f.k, dim.k` is left alone).
+    let unique = |idx: usize| {
+        let name = joined.field(idx).name();
+        joined.fields().iter().filter(|f| f.name() == name).count() == 1
+    };
 
     // The aggregate above: the same groups and names, merging the partial results.
-    let at_probe = |i: usize| build_width + kept.iter().position(|k| *k == i).unwrap();
+    let at_build = |j: usize| build_used.iter().position(|u| *u == j).expect("used");
+    let at_probe = |i: usize| build_used.len() + kept.iter().position(|k| *k == i).expect("kept");
     let upper_groups = PhysicalGroupBy::new_single(
         group_by
             .expr()
@@ -270,7 +307,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
             .zip(&groups)
             .map(|((_, name), side)| {
                 let idx = match *side {
-                    Side::Build(j) => j,
+                    Side::Build(j) => at_build(j),
                     Side::Probe(i) => at_probe(i),
                 };
                 let e = Arc::new(Column::new(joined.field(idx).name(), idx));
@@ -278,9 +315,16 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
             })
             .collect(),
     );
+    if upper_groups
+        .expr()
+        .iter()
+        .any(|(e, _)| column(e).is_none_or(|c| !unique(c.index())))
+    {
+        return Ok(None);
+    }
     let mut upper_aggr = Vec::with_capacity(args.len());
     for (k, a) in agg.aggr_expr().iter().enumerate() {
-        let idx = build_width + kept.len() + k;
+        let idx = build_used.len() + kept.len() + k;
         let arg = Arc::new(Column::new(joined.field(idx).name(), idx));
         let mut b = AggregateExprBuilder::new(Arc::new(a.fun().clone()), vec![arg])
             .schema(Arc::clone(&joined))
@@ -301,11 +345,13 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
 
     // The operators above read the new aggregate's output by position and may rely on its
     // order (an input sorted by `date` keeps its order through both aggregates and the join):
-    // schema, order and partition count must be those of the aggregate it replaces.
+    // schema, order and partitioning must be those of the aggregate it replaces.
     let same = upper.schema().fields().len() == agg.schema().fields().len()
         && upper.properties().output_ordering() == agg.properties().output_ordering()
-        && upper.properties().output_partitioning().partition_count()
-            == agg.properties().output_partitioning().partition_count()
+        && same_partitioning(
+            upper.properties().output_partitioning(),
+            agg.properties().output_partitioning(),
+        )
         && upper
             .schema()
             .fields()
@@ -326,4 +372,13 @@ fn mergeable(a: &AggregateFunctionExpr) -> bool {
         && a.order_bys().is_empty()
         && a.expressions().len() == 1
         && a.expressions().first().and_then(column).is_some()
+}
+
+/// Whether two outputs are partitioned alike: hash partitionings on the same expressions, or
+/// (`Partitioning`'s own equality says no for these) any other kinds with as many partitions.
+fn same_partitioning(a: &Partitioning, b: &Partitioning) -> bool {
+    match (a, b) {
+        (Partitioning::Hash(..), _) | (_, Partitioning::Hash(..)) => a == b,
+        _ => a.partition_count() == b.partition_count(),
+    }
 }
