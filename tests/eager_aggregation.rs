@@ -110,26 +110,23 @@ fn register(ctx: &SessionContext, facts: &[Fact], dims: &[Dim]) {
     .unwrap();
 }
 
+/// A statement's result as a text table.
+async fn text(ctx: &SessionContext, sql: &str) -> String {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
 /// The query's rows, sorted, as text; and its physical plan.
 async fn answer(ctx: &SessionContext, sql: &str) -> (Vec<String>, String) {
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    let text = pretty_format_batches(&batches).unwrap().to_string();
-    let mut rows: Vec<String> = text
+    let mut rows: Vec<String> = text(ctx, sql)
+        .await
         .lines()
         .filter(|l| l.starts_with("| "))
         .skip(1)
         .map(str::to_owned)
         .collect();
     rows.sort();
-    let plan = ctx
-        .sql(&format!("EXPLAIN {sql}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let plan = pretty_format_batches(&plan).unwrap().to_string();
-    (rows, plan)
+    (rows, text(ctx, &format!("EXPLAIN {sql}")).await)
 }
 
 /// Queries the rule rewrites.
@@ -246,14 +243,7 @@ async fn a_grouping_that_does_not_reduce_passes_rows_through_and_answers_the_sam
     assert!(plan.contains("__eager_0"), "{plan}");
     assert_eq!(got, want);
     assert_eq!(got.len(), 3, "{got:?}");
-    let analyzed = eager
-        .sql(&format!("EXPLAIN ANALYZE {sql}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let analyzed = pretty_format_batches(&analyzed).unwrap().to_string();
+    let analyzed = text(&eager, &format!("EXPLAIN ANALYZE {sql}")).await;
     let skipped: u64 = analyzed
         .lines()
         .filter(|l| l.contains("__eager_0"))
