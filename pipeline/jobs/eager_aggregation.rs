@@ -105,7 +105,7 @@ impl PhysicalOptimizerRule for EagerAggregation {
 }
 
 /// Where a column of the join's output comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Side {
     /// Build side, index in its schema.
     Build(usize),
@@ -365,13 +365,13 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     Ok(same.then(|| Arc::new(upper) as Arc<dyn ExecutionPlan>))
 }
 
-/// A plain `SUM` / `MIN` / `MAX` of one column.
+/// A plain `SUM` / `MIN` / `MAX` of one argument (that it is a probe-side column is checked
+/// where the column is traced).
 fn mergeable(a: &AggregateFunctionExpr) -> bool {
     MERGEABLE.contains(&a.fun().name())
         && !a.is_distinct()
         && a.order_bys().is_empty()
         && a.expressions().len() == 1
-        && a.expressions().first().and_then(column).is_some()
 }
 
 /// Whether two outputs are partitioned alike: hash partitionings on the same expressions, or

@@ -268,8 +268,8 @@ fn file_statistics(schema: &Schema, stats: Option<&str>) -> Statistics {
 
 /// One min or max value of the Delta statistics as a scalar of `t`. Strings are used only when
 /// shorter than 32 bytes (writers shorten longer ones — Spark to 32 characters, delta-rs to 64
-/// bytes — and a shortened value is not the column's own); timestamps are stored to the millisecond, so a max is rounded up to the last
-/// microsecond of its millisecond.
+/// bytes — and a shortened value is not the column's own); timestamps are stored to the
+/// millisecond, so a max is rounded up to the last microsecond of its millisecond.
 fn stat_value(t: &DataType, v: &serde_json::Value, is_max: bool) -> Option<ScalarValue> {
     match t {
         DataType::Int64 => v.as_i64().map(|n| ScalarValue::Int64(Some(n))),
