@@ -488,6 +488,24 @@ async fn the_scan_answers_as_delta_rs_and_prunes_by_date_and_statistics() {
         let plan = text_of(&ctx, &format!("EXPLAIN {}", sql("SUM(a.\"count\" + 0)"))).await;
         assert!(!plan.contains("__eager_"), "{plan}");
     }
+
+    // The partial aggregate by one timestamp (`jobs::int_key_aggregation`) on the stored
+    // windows: the busiest windows by `window_start` alone (taken) and by `window_start` and
+    // `date` (the same groups — a window lies in one date — left to DataFusion) must agree.
+    let busiest = |by: &str| {
+        format!(
+            "SELECT CAST(window_start AS BIGINT) AS w, SUM(\"count\") AS n FROM aggregates \
+             GROUP BY {by} ORDER BY n DESC, w LIMIT 50"
+        )
+    };
+    let ours = text_of(&ctx, &busiest("window_start")).await;
+    let plain = text_of(&ctx, &busiest("window_start, date")).await;
+    assert!(ours.lines().count() > 10, "{ours}");
+    assert_eq!(ours, plain);
+    let plan = text_of(&ctx, &format!("EXPLAIN {}", busiest("window_start"))).await;
+    assert!(plan.contains("IntKeyPartialAggregateExec"), "{plan}");
+    let plan = text_of(&ctx, &format!("EXPLAIN {}", busiest("window_start, date"))).await;
+    assert!(!plan.contains("IntKeyPartialAggregateExec"), "{plan}");
 }
 
 /// A table this scan does not understand (here: deletion vectors, reader protocol 3) is read

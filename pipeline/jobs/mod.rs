@@ -11,11 +11,13 @@
 //! | `flow_15min` | view: one row per sensor, direction and window (`sql/flow_15min.sql`) |
 //!
 //! Sessions read the Delta tables through `scan` and plan with DataFusion's rules plus
-//! `eager_aggregation` (sums below a join with the registry).
+//! `eager_aggregation` (sums below a join with the registry) and `int_key_aggregation` (partial
+//! aggregates by one timestamp or integer key).
 
 pub mod checks;
 pub mod eager_aggregation;
 pub mod format;
+pub mod int_key_aggregation;
 pub mod monthly;
 pub mod obligations;
 pub mod pdf;
@@ -30,11 +32,26 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
 use datafusion::prelude::{SessionConfig, SessionContext, cast, col};
 
 use crate::config::Config;
 use crate::sink::delta::{self, Table};
 use crate::sink::store::Storage;
+
+/// DataFusion's physical optimizer rules with jinryu's two: `eager_aggregation` before the last
+/// filter pushdown, `int_key_aggregation` after it (before the final sanity check, which then
+/// checks the replaced nodes' requirements too).
+pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = eager_aggregation::EagerAggregation::with_default_rules();
+    let at = rules
+        .iter()
+        .position(|r| r.name() == SanityCheckPlan::new().name())
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(int_key_aggregation::IntKeyAggregation));
+    rules
+}
 
 /// `sql/flow_15min.sql`.
 pub const FLOW_15MIN_SQL: &str = include_str!("../../sql/flow_15min.sql");
@@ -210,7 +227,7 @@ pub async fn context_at(
     let state = datafusion::execution::SessionStateBuilder::new()
         .with_config(session)
         .with_default_features()
-        .with_physical_optimizer_rules(eager_aggregation::EagerAggregation::with_default_rules())
+        .with_physical_optimizer_rules(physical_rules())
         .build();
     let ctx = SessionContext::new_with_state(state);
     // Other stored objects (alert state) are read through this URL.

@@ -1,0 +1,499 @@
+//! Partial aggregation by one 64-bit integer key (a timestamp, a date-time, an `BIGINT`), with
+//! group lookups that exploit how the aggregates table is laid out.
+//!
+//! "The busiest 15-minute windows of the year" groups a year's 70 M stored windows by
+//! `window_start`. DataFusion's partial aggregate looks every row's key up in a general hash
+//! table (hash, probe, compare through an index into its key list): in the profile that is about
+//! 30 % of the query. The files of the aggregates table are sorted by sensor and window, so
+//! within a file the same 96 window starts come back for every sensor and direction. Here a
+//! small direct-mapped cache (key → group) sits in front of the hash map: almost every row is
+//! one multiply, one load and one compare; the hash map is touched once per key and cache slot.
+//!
+//! The operator replaces DataFusion's `AggregateExec` in `Partial` mode only, and keeps
+//! DataFusion's own accumulators (the same `GroupsAccumulator` objects, fed the same arguments),
+//! so each aggregate function computes exactly what it computes in DataFusion's plan; only the
+//! mapping of keys to group numbers is new. Its output has the replaced node's schema and
+//! partitioning, and the final aggregate above merges it as before. A partial aggregate may emit
+//! a key more than once (the final merges duplicates), which is what makes two safety valves
+//! simple:
+//!
+//! * memory: the groups are accounted in DataFusion's memory pool; when the pool refuses more,
+//!   the groups gathered so far are emitted and the operator starts afresh;
+//! * cost: like DataFusion's partial aggregate, after
+//!   `skip_partial_aggregation_probe_rows_threshold` input rows it checks how many groups it
+//!   found; at `skip_partial_aggregation_probe_ratio_threshold` or more groups per row it stops
+//!   aggregating and passes each row on as its own state.
+//!
+//! Taken only when the key is one expression of a 64-bit integer type (Int64, Timestamp, Date64,
+//! Duration), without grouping sets, aggregate filters, `DISTINCT`, ordered aggregates or
+//! limits, on an unordered input, and every accumulator has a grouped form. `EXPLAIN` shows
+//! `IntKeyPartialAggregateExec`. The rule runs after DataFusion's last filter pushdown, so
+//! dynamic filters are already wired to the scans below.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayData, ArrayRef, MutableArrayData, RecordBatch, make_array,
+};
+use datafusion::arrow::buffer::{Buffer, NullBuffer};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result, internal_err};
+use datafusion::config::ConfigOptions;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, RecordOutput,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
+};
+use futures::StreamExt;
+
+/// The rule; see the module documentation.
+#[derive(Debug, Default)]
+pub struct IntKeyAggregation;
+
+impl PhysicalOptimizerRule for IntKeyAggregation {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(agg) = node.downcast_ref::<AggregateExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            if !eligible(agg)? {
+                return Ok(Transformed::no(node));
+            }
+            let agg = Arc::new(agg.clone());
+            Ok(Transformed::yes(Arc::new(IntKeyPartialAggregateExec::new(
+                agg,
+            )?)))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "int_key_aggregation"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Key types stored as `i64`.
+fn int_key(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int64 | DataType::Timestamp(..) | DataType::Date64 | DataType::Duration(_)
+    )
+}
+
+/// Whether the replacement computes what `agg` computes (see the module documentation).
+fn eligible(agg: &AggregateExec) -> Result<bool> {
+    let group = agg.group_expr();
+    if *agg.mode() != AggregateMode::Partial
+        || !group.is_single()
+        || group.expr().len() != 1
+        || *agg.input_order_mode() != InputOrderMode::Linear
+        || agg.limit_options().is_some()
+        || !agg.dynamic_expressions_produced().is_empty()
+        || agg.filter_expr().iter().any(Option::is_some)
+        || agg.aggr_expr().is_empty()
+    {
+        return Ok(false);
+    }
+    if !int_key(&group.expr()[0].0.data_type(&agg.input_schema())?) {
+        return Ok(false);
+    }
+    Ok(agg
+        .aggr_expr()
+        .iter()
+        .all(|a| !a.is_distinct() && a.order_bys().is_empty() && a.groups_accumulator_supported()))
+}
+
+/// The operator; see the module documentation. It keeps the `AggregateExec` it replaces as its
+/// description (key, aggregates, output schema, partitioning) and never executes it.
+#[derive(Debug)]
+pub struct IntKeyPartialAggregateExec {
+    agg: Arc<AggregateExec>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl IntKeyPartialAggregateExec {
+    fn new(agg: Arc<AggregateExec>) -> Result<Self> {
+        let p = agg.properties();
+        // The same partitioning (a key's rows stay in their input partition), no ordering, and
+        // no uniqueness of the key: a key may be emitted more than once.
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(agg.schema()),
+            p.partitioning.clone(),
+            EmissionType::Final,
+            p.boundedness,
+        );
+        Ok(Self {
+            agg,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+impl DisplayAs for IntKeyPartialAggregateExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let (key, name) = &self.agg.group_expr().expr()[0];
+        let aggr: Vec<&str> = self.agg.aggr_expr().iter().map(|a| a.name()).collect();
+        match t {
+            DisplayFormatType::TreeRender => write!(f, "gby={name}\naggr={}", aggr.join(", ")),
+            _ => write!(
+                f,
+                "IntKeyPartialAggregateExec: gby=[{key} as {name}], aggr=[{}]",
+                aggr.join(", ")
+            ),
+        }
+    }
+}
+
+impl ExecutionPlan for IntKeyPartialAggregateExec {
+    fn name(&self) -> &str {
+        "IntKeyPartialAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![self.agg.input()]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        self.agg.apply_expressions(f)
+    }
+
+    #[allow(deprecated)] // the trait still requires it (DataFusion 55)
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let agg = Arc::clone(&self.agg).with_new_children(children)?;
+        let Some(agg) = agg.downcast_ref::<AggregateExec>() else {
+            return internal_err!("AggregateExec::with_new_children returned another node");
+        };
+        Ok(Arc::new(Self::new(Arc::new(agg.clone()))?))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.agg.input().execute(partition, Arc::clone(&context))?;
+        let options = &context.session_config().options().execution;
+        let (key, _) = &self.agg.group_expr().expr()[0];
+        let schema = self.agg.schema();
+        let state = Partial {
+            input,
+            key: Arc::clone(key),
+            key_type: key.data_type(&self.agg.input_schema())?,
+            args: self
+                .agg
+                .aggr_expr()
+                .iter()
+                .map(|a| a.expressions())
+                .collect(),
+            accumulators: self
+                .agg
+                .aggr_expr()
+                .iter()
+                .map(|a| a.create_groups_accumulator())
+                .collect::<Result<_>>()?,
+            groups: KeyGroups::new(),
+            indices: Vec::new(),
+            schema: Arc::clone(&schema),
+            batch_size: context.session_config().batch_size(),
+            reservation: MemoryConsumer::new(format!("IntKeyPartialAggregate[{partition}]"))
+                .register(context.memory_pool()),
+            probe_rows: options.skip_partial_aggregation_probe_rows_threshold,
+            probe_ratio: options.skip_partial_aggregation_probe_ratio_threshold,
+            rows_seen: 0,
+            probed: false,
+            skipping: false,
+            out: VecDeque::new(),
+            done: false,
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+            skipped_rows: MetricBuilder::new(&self.metrics)
+                .counter("skipped_aggregation_rows", partition),
+            early_emits: MetricBuilder::new(&self.metrics).counter("early_emits", partition),
+        };
+        let stream = futures::stream::unfold(state, |mut s| async move {
+            s.next().await.map(|item| (item, s))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Slots of the direct-mapped cache (a power of two): four times a day's windows.
+const CACHE_SLOTS: usize = 1 << 10;
+/// An empty cache slot.
+const EMPTY: u32 = u32::MAX;
+/// Groups above which the operator emits and starts afresh (group numbers are `u32`).
+const MAX_GROUPS: usize = (u32::MAX - 1) as usize;
+
+/// Group numbers of keys, in order of first appearance.
+struct KeyGroups {
+    /// `(key, group)` by a multiplicative hash of the key; `EMPTY` group when unused.
+    cache: Box<[(i64, u32)]>,
+    map: HashMap<i64, u32, foldhash::fast::FixedState>,
+    keys: Vec<i64>,
+    null_group: Option<u32>,
+}
+
+impl KeyGroups {
+    fn new() -> Self {
+        Self {
+            cache: vec![(0, EMPTY); CACHE_SLOTS].into_boxed_slice(),
+            map: HashMap::default(),
+            keys: Vec::new(),
+            null_group: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Bytes held, for the memory pool.
+    fn size(&self) -> usize {
+        self.cache.len() * size_of::<(i64, u32)>()
+            + self.map.capacity() * (size_of::<(i64, u32)>() + 1)
+            + self.keys.capacity() * size_of::<i64>()
+    }
+
+    #[inline]
+    fn slot(key: i64) -> usize {
+        ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_SLOTS.trailing_zeros()))
+            as usize
+    }
+
+    /// The group of a non-null key.
+    #[inline]
+    fn group(&mut self, key: i64) -> u32 {
+        let slot = &mut self.cache[Self::slot(key)];
+        if slot.1 != EMPTY && slot.0 == key {
+            return slot.1;
+        }
+        let next = self.keys.len() as u32;
+        let g = *self.map.entry(key).or_insert(next);
+        if g == next {
+            self.keys.push(key);
+        }
+        *slot = (key, g);
+        g
+    }
+
+    /// Group numbers of `values` (nulls where `nulls` says) into `out`.
+    fn intern(&mut self, values: &[i64], nulls: Option<&NullBuffer>, out: &mut Vec<usize>) {
+        out.clear();
+        out.reserve(values.len());
+        match nulls {
+            None => out.extend(values.iter().map(|&k| self.group(k) as usize)),
+            Some(n) => {
+                for (i, &k) in values.iter().enumerate() {
+                    let g = if n.is_valid(i) {
+                        self.group(k)
+                    } else {
+                        *self.null_group.get_or_insert_with(|| {
+                            self.keys.push(0);
+                            (self.keys.len() - 1) as u32
+                        })
+                    };
+                    out.push(g as usize);
+                }
+            }
+        }
+    }
+
+    /// The keys as an array of `key_type`, and a fresh start.
+    fn take(&mut self, key_type: &DataType) -> Result<ArrayRef> {
+        let keys = std::mem::take(&mut self.keys);
+        let len = keys.len();
+        let nulls = self
+            .null_group
+            .take()
+            .map(|g| NullBuffer::from_iter((0..len).map(|i| i != g as usize)));
+        self.map.clear();
+        self.cache.fill((0, EMPTY));
+        let data = ArrayData::builder(key_type.clone())
+            .len(len)
+            .add_buffer(Buffer::from_vec(keys))
+            .nulls(nulls)
+            .build()?;
+        Ok(make_array(data))
+    }
+}
+
+/// One partition's state while it runs.
+struct Partial {
+    input: SendableRecordBatchStream,
+    key: Arc<dyn PhysicalExpr>,
+    key_type: DataType,
+    args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    groups: KeyGroups,
+    indices: Vec<usize>,
+    schema: SchemaRef,
+    batch_size: usize,
+    reservation: MemoryReservation,
+    probe_rows: usize,
+    probe_ratio: f64,
+    rows_seen: usize,
+    probed: bool,
+    skipping: bool,
+    out: VecDeque<RecordBatch>,
+    done: bool,
+    baseline: BaselineMetrics,
+    /// Rows passed on as their own state (after the probe found too many groups).
+    skipped_rows: Count,
+    /// Emissions before the end of the input (the memory pool refused more).
+    early_emits: Count,
+}
+
+impl Partial {
+    /// The next output batch, `None` at the end.
+    async fn next(&mut self) -> Option<Result<RecordBatch>> {
+        loop {
+            if let Some(batch) = self.out.pop_front() {
+                return Some(Ok(batch.record_output(&self.baseline)));
+            }
+            if self.done {
+                self.reservation.free();
+                self.baseline.done();
+                return None;
+            }
+            let step = match self.input.next().await {
+                Some(Ok(batch)) => self.consume(&batch),
+                Some(Err(e)) => {
+                    self.done = true;
+                    Err(e)
+                }
+                None => {
+                    self.done = true;
+                    self.emit()
+                }
+            };
+            if let Err(e) = step {
+                self.done = true;
+                self.out.clear();
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn arguments(&self, batch: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
+        self.args
+            .iter()
+            .map(|exprs| {
+                exprs
+                    .iter()
+                    .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn consume(&mut self, batch: &RecordBatch) -> Result<()> {
+        let elapsed = self.baseline.elapsed_compute().clone();
+        let _timer = elapsed.timer();
+        let rows = batch.num_rows();
+        let key = self.key.evaluate(batch)?.into_array(rows)?;
+        let args = self.arguments(batch)?;
+        if self.skipping {
+            let mut columns = vec![key];
+            for (acc, values) in self.accumulators.iter().zip(&args) {
+                columns.extend(acc.convert_to_state(values, None)?);
+            }
+            self.out
+                .push_back(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+            self.skipped_rows.add(rows);
+            return Ok(());
+        }
+        let data = key.to_data();
+        let values: &[i64] = &data.buffer::<i64>(0)[..rows];
+        self.groups.intern(values, key.nulls(), &mut self.indices);
+        let total = self.groups.len();
+        for (acc, values) in self.accumulators.iter_mut().zip(&args) {
+            acc.update_batch(values, &self.indices, None, total)?;
+        }
+        self.rows_seen += rows;
+        if !self.probed && self.rows_seen >= self.probe_rows {
+            self.probed = true;
+            if total as f64 >= self.probe_ratio * self.rows_seen as f64 {
+                self.skipping = true;
+                return self.emit();
+            }
+        }
+        let size = self.groups.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
+        if total >= MAX_GROUPS || self.reservation.try_resize(size).is_err() {
+            self.early_emits.add(1);
+            self.emit()?;
+        }
+        Ok(())
+    }
+
+    /// Every group gathered so far, as output batches; the groups start afresh.
+    fn emit(&mut self) -> Result<()> {
+        if self.groups.len() == 0 {
+            return Ok(());
+        }
+        let mut columns = vec![self.groups.take(&self.key_type)?];
+        for acc in &mut self.accumulators {
+            columns.extend(acc.state(EmitTo::All)?);
+        }
+        let rows = columns[0].len();
+        if rows <= self.batch_size {
+            self.out
+                .push_back(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        } else {
+            // Copied chunk by chunk: slices would each hold (and be accounted as) the whole
+            // state by the operators downstream.
+            let data: Vec<ArrayData> = columns.iter().map(|c| c.to_data()).collect();
+            let mut at = 0;
+            while at < rows {
+                let n = self.batch_size.min(rows - at);
+                let chunk = data
+                    .iter()
+                    .map(|d| {
+                        let mut copy = MutableArrayData::new(vec![d], false, n);
+                        copy.try_extend(0, at, at + n)?;
+                        Ok(make_array(copy.freeze()))
+                    })
+                    .collect::<Result<_>>()?;
+                self.out
+                    .push_back(RecordBatch::try_new(Arc::clone(&self.schema), chunk)?);
+                at += n;
+            }
+        }
+        self.reservation.free();
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! The partial aggregate by one 64-bit key (`jobs::int_key_aggregation`, issue #12) gives
+//! DataFusion's answer for any data: random tables (repeated, NULL and extreme keys, NULL
+//! values, several partitions and batches) queried through jinryu's optimizer rules and through
+//! DataFusion's own, every row compared. The operator must be in the plan where it applies and
+//! out of it where it does not; its two safety valves (passing rows through when the grouping
+//! does not reduce them, emitting early when the memory pool refuses more) must not change an
+//! answer either.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use proptest::prelude::*;
+
+/// A row: key, timestamp key (µs), value.
+type Row = (Option<i64>, Option<i64>, Option<i64>);
+
+const NAME: &str = "IntKeyPartialAggregateExec";
+
+/// A session with jinryu's optimizer rules or DataFusion's; `probe_rows`: rows after which a
+/// partial aggregate checks whether its grouping reduces them (DataFusion's default: 100 K).
+fn session(jinryu: bool, memory_limit: Option<usize>, probe_rows: usize) -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(4)
+        .with_batch_size(64);
+    config
+        .options_mut()
+        .execution
+        .skip_partial_aggregation_probe_rows_threshold = probe_rows;
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features();
+    if let Some(limit) = memory_limit {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limit, 1.0)
+            .build_arc()
+            .unwrap();
+        state = state.with_runtime_env(runtime);
+    }
+    if jinryu {
+        state = state.with_physical_optimizer_rules(jinryu::jobs::physical_rules());
+    }
+    SessionContext::new_with_state(state.build())
+}
+
+/// Registers `t(k, ts, v, s)` from `rows` in three partitions of `batches` batches each (`s`:
+/// the key as text, for a grouping the operator must leave alone).
+fn register(ctx: &SessionContext, rows: &[Row], batches: usize) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("v", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+    ]));
+    let batch = |rows: &[Row]| {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.1)).with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2))),
+            Arc::new(arrow::array::StringArray::from_iter(
+                rows.iter().map(|r| r.0.map(|k| format!("K{k}"))),
+            )),
+        ];
+        RecordBatch::try_new(schema.clone(), cols).unwrap()
+    };
+    let mut parts: Vec<Vec<RecordBatch>> = rows
+        .chunks(rows.len().div_ceil(3).max(1))
+        .map(|part| {
+            part.chunks(part.len().div_ceil(batches).max(1))
+                .map(batch)
+                .collect()
+        })
+        .collect();
+    if parts.is_empty() {
+        parts.push(Vec::new());
+    }
+    ctx.deregister_table("t").unwrap();
+    ctx.register_table("t", Arc::new(MemTable::try_new(schema, parts).unwrap()))
+        .unwrap();
+}
+
+/// A statement's result as a text table.
+async fn text(ctx: &SessionContext, sql: &str) -> String {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// The query's rows, sorted, as text; and its physical plan.
+async fn answer(ctx: &SessionContext, sql: &str) -> (Vec<String>, String) {
+    let mut rows: Vec<String> = text(ctx, sql)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    rows.sort();
+    (rows, text(ctx, &format!("EXPLAIN {sql}")).await)
+}
+
+/// Queries the operator takes: an integer key, a timestamp key, a key computed from a column
+/// (the view's µs → ms cast), every common aggregate, a filter below, a top-k above.
+const TAKEN: [&str; 5] = [
+    "SELECT k, SUM(v) AS s, COUNT(v) AS n, COUNT(*) AS rows, MIN(v) AS lo, MAX(v) AS hi, \
+     AVG(v) AS m FROM t GROUP BY k",
+    "SELECT ts, SUM(v) AS s, COUNT(*) AS n FROM t GROUP BY ts",
+    "SELECT CAST(ts AS TIMESTAMP(3)) AS ms, SUM(v) AS s FROM t GROUP BY CAST(ts AS TIMESTAMP(3))",
+    "SELECT k * 2 AS k2, MAX(v) AS hi, BOOL_OR(v > 0) AS any_up FROM t WHERE v <> 7 GROUP BY k * 2",
+    "SELECT k, SUM(v) AS s FROM t GROUP BY k ORDER BY s DESC NULLS LAST, k NULLS FIRST LIMIT 3",
+];
+
+/// Queries it must leave to DataFusion.
+const LEFT_ALONE: [&str; 4] = [
+    "SELECT s, SUM(v) AS s2 FROM t GROUP BY s",
+    "SELECT k, ts, SUM(v) AS s FROM t GROUP BY k, ts",
+    "SELECT k, SUM(v) FILTER (WHERE v > 0) AS s FROM t GROUP BY k",
+    "SELECT k, FIRST_VALUE(v ORDER BY v DESC) AS top FROM t GROUP BY k",
+];
+
+/// Queries DataFusion may plan with a partial aggregate the operator takes or not: `DISTINCT`
+/// (one is rewritten as a grouping by `(k, v)` under a count by `k`; two stay distinct
+/// accumulators). Equal answers either way.
+const EITHER_WAY: [&str; 2] = [
+    "SELECT k, COUNT(DISTINCT v) AS n FROM t GROUP BY k",
+    "SELECT k, COUNT(DISTINCT v) AS n, SUM(DISTINCT v) AS s, MAX(v) AS hi FROM t GROUP BY k",
+];
+
+fn rows() -> impl Strategy<Value = Vec<Row>> {
+    // Few keys (heavy repetition, as in a file of one date) plus the extremes of i64, which
+    // collide in no cache slot by accident but test the arithmetic.
+    let key = prop_oneof![
+        8 => (-5i64..20).prop_map(|k| k * 900_000_000),
+        1 => Just(i64::MIN),
+        1 => Just(i64::MAX),
+    ];
+    prop::collection::vec(
+        (
+            prop::option::weighted(0.9, key.clone()),
+            prop::option::weighted(0.9, key),
+            prop::option::weighted(0.9, -1_000i64..1_000),
+        ),
+        0..400,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_operator_answers_as_datafusion_does(
+        rows in rows(),
+        batches in 1usize..5,
+        probe_rows in prop_oneof![Just(10usize), Just(100_000)],
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ours = session(true, None, probe_rows);
+            let plain = session(false, None, probe_rows);
+            register(&ours, &rows, batches);
+            register(&plain, &rows, batches);
+            for sql in TAKEN {
+                let (got, plan) = answer(&ours, sql).await;
+                let (want, before) = answer(&plain, sql).await;
+                assert_eq!(got, want, "{sql}\n{plan}");
+                assert!(plan.contains(NAME), "not taken: {sql}\n{plan}");
+                assert!(!before.contains(NAME));
+            }
+            for sql in EITHER_WAY {
+                let (got, plan) = answer(&ours, sql).await;
+                let (want, _) = answer(&plain, sql).await;
+                assert_eq!(got, want, "{sql}\n{plan}");
+            }
+            for sql in LEFT_ALONE {
+                let (got, plan) = answer(&ours, sql).await;
+                let (want, _) = answer(&plain, sql).await;
+                assert_eq!(got, want, "{sql}\n{plan}");
+                assert!(!plan.contains(NAME), "taken: {sql}\n{plan}");
+            }
+        });
+    }
+}
+
+/// The sum over all partitions of one metric of the operator in `EXPLAIN ANALYZE` text.
+fn metric(analyzed: &str, name: &str) -> u64 {
+    analyzed
+        .lines()
+        .filter(|l| l.contains(NAME))
+        .filter_map(|l| l.split(&format!("{name}=")).nth(1))
+        .filter_map(|v| v.split([',', ']']).next())
+        .map(|v| {
+            // "590.00 K", "1.20 M" or a plain count.
+            let mut parts = v.split_whitespace();
+            let n: f64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+            let scale = match parts.next() {
+                Some("K") => 1e3,
+                Some("M") => 1e6,
+                _ => 1.0,
+            };
+            (n * scale) as u64
+        })
+        .sum()
+}
+
+/// Every row a key of its own: after its probe the operator passes rows through as their own
+/// partial state — the answer must not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouping_that_does_not_reduce_passes_rows_through_and_answers_the_same() {
+    let rows: Vec<Row> = (0..400_000i64)
+        .map(|i| (Some(i * 7), Some(i), Some(i % 1_000)))
+        .collect();
+    let (ours, plain) = (session(true, None, 10_000), session(false, None, 10_000));
+    for ctx in [&ours, &plain] {
+        register(ctx, &rows, 40);
+    }
+    let sql = "SELECT SUM(s) AS total, COUNT(*) AS groups, MAX(n) AS most FROM \
+               (SELECT k, SUM(v) AS s, COUNT(*) AS n FROM t GROUP BY k)";
+    let (got, _) = answer(&ours, sql).await;
+    let (want, _) = answer(&plain, sql).await;
+    assert_eq!(got, want);
+    let analyzed = text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
+    assert!(
+        metric(&analyzed, "skipped_aggregation_rows") > 100_000,
+        "the operator did not pass rows through:\n{analyzed}"
+    );
+}
+
+/// A memory pool too small for the groups: the operator emits what it has and starts afresh
+/// (a key may then reach the final aggregate twice) — the answer must not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_memory_pool_makes_it_emit_early_and_answer_the_same() {
+    // 40 K keys over 400 K rows, ~2 MB of groups per partition; no probe (it would find too
+    // many groups in the first rows and pass them through).
+    let rows: Vec<Row> = (0..400_000i64)
+        .map(|i| (Some((i * 7_919) % 40_000), Some(i), Some(i % 1_000)))
+        .collect();
+    let (ours, plain) = (
+        session(true, Some(4 << 20), 1_000_000),
+        session(false, None, 1_000_000),
+    );
+    for ctx in [&ours, &plain] {
+        register(ctx, &rows, 40);
+    }
+    let sql = "SELECT k, SUM(v) AS s, COUNT(*) AS n, MIN(ts) AS first FROM t GROUP BY k";
+    let (got, _) = answer(&ours, sql).await;
+    let (want, _) = answer(&plain, sql).await;
+    assert_eq!(got.len(), 40_000);
+    assert_eq!(got, want);
+    let analyzed = text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
+    assert!(
+        metric(&analyzed, "early_emits") > 0,
+        "the operator never emitted early:\n{analyzed}"
+    );
+}
