@@ -20,7 +20,8 @@
 //! its rows would have been. (A `SUM` of floating-point numbers adds in another order, so its
 //! last bits may differ — as they already do between runs of DataFusion's own parallel plan.)
 //!
-//! It is safe for cost, too: the added aggregate is DataFusion's *partial* aggregate, which —
+//! It is safe for cost, too: the added aggregate is a *partial* aggregate (DataFusion's, which
+//! jinryu's session then runs as `partial_aggregation`'s operator with the same rule), which —
 //! on an input not sorted by its groups — stops aggregating and passes rows through when the
 //! groups it finds are nearly as many as its input rows
 //! (`skip_partial_aggregation_probe_ratio_threshold`), so a grouping that does not reduce the

@@ -11,15 +11,15 @@
 //! | `flow_15min` | view: one row per sensor, direction and window (`sql/flow_15min.sql`) |
 //!
 //! Sessions read the Delta tables through `scan` and plan with DataFusion's rules plus
-//! `eager_aggregation` (sums below a join with the registry) and `int_key_aggregation` (partial
-//! aggregates by one timestamp or integer key).
+//! `eager_aggregation` (sums below a join with the registry) and `partial_aggregation` (group
+//! lookups that use the sorted layout).
 
 pub mod checks;
 pub mod eager_aggregation;
 pub mod format;
-pub mod int_key_aggregation;
 pub mod monthly;
 pub mod obligations;
+pub mod partial_aggregation;
 pub mod pdf;
 pub mod report;
 pub mod scan;
@@ -41,7 +41,7 @@ use crate::sink::delta::{self, Table};
 use crate::sink::store::Storage;
 
 /// DataFusion's physical optimizer rules with jinryu's two: `eager_aggregation` before the last
-/// filter pushdown, `int_key_aggregation` after it (before the final sanity check, which then
+/// filter pushdown, `partial_aggregation` after it (before the final sanity check, which then
 /// checks the replaced nodes' requirements too).
 pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = eager_aggregation::EagerAggregation::with_default_rules();
@@ -49,7 +49,7 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         .iter()
         .position(|r| r.name() == SanityCheckPlan::new().name())
         .unwrap_or(rules.len());
-    rules.insert(at, Arc::new(int_key_aggregation::IntKeyAggregation));
+    rules.insert(at, Arc::new(partial_aggregation::PartialAggregation));
     rules
 }
 

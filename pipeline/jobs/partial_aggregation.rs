@@ -1,43 +1,52 @@
-//! Partial aggregation by one 64-bit integer key (a timestamp, a date-time, an `BIGINT`), with
-//! group lookups that exploit how the aggregates table is laid out.
+//! DataFusion's partial aggregate, with group lookups that exploit how the aggregates table is
+//! laid out: its files are sorted by sensor and window, so the keys of neighbouring rows repeat.
 //!
-//! "The busiest 15-minute windows of the year" groups a year's 70 M stored windows by
-//! `window_start`. DataFusion's partial aggregate looks every row's key up in a general hash
-//! table (hash, probe, compare through an index into its key list): in the profile that is about
-//! 30 % of the query. The files of the aggregates table are sorted by sensor and window, so
-//! within a file the same 96 window starts come back for every sensor and direction. Here a
-//! small direct-mapped cache (key → group) sits in front of the hash map: almost every row is
-//! one multiply, one load and one compare; the hash map is touched once per key and cache slot.
+//! Two questions analysts ask of a year (70 M stored windows) spent about half their cycles
+//! finding each row's group in DataFusion's general hash tables (hash, probe, compare):
+//!
+//! * "the busiest 15-minute windows" groups by `window_start`: within a file the same 96 window
+//!   starts come back for every sensor and direction. For one key of a 64-bit integer type
+//!   (Int64, Timestamp, Date64, Duration) a small direct-mapped cache (key → group) sits in front
+//!   of a hash map: almost every row is one multiply, one load and one compare (`keys=cache` in
+//!   `EXPLAIN`).
+//! * "daily totals per array" groups by `(date, sensor_id)` below the join with the registry
+//!   (`eager_aggregation`): a sensor's rows of a date are one run of ~200 rows. For any other
+//!   grouping, the rows where the key changes are found with Arrow's vectorised `distinct`
+//!   comparison of each key column with itself shifted by one row, and only the first row of
+//!   each run is looked up, in DataFusion's own group table (`keys=runs`). A batch whose runs
+//!   are short (under two rows on average) is looked up row by row, as DataFusion does.
 //!
 //! The operator replaces DataFusion's `AggregateExec` in `Partial` mode only, and keeps
 //! DataFusion's own accumulators (the same `GroupsAccumulator` objects, fed the same arguments),
 //! so each aggregate function computes exactly what it computes in DataFusion's plan; only the
-//! mapping of keys to group numbers is new. Its output has the replaced node's schema and
+//! mapping of rows to group numbers is new. Its output has the replaced node's schema and
 //! partitioning, and the final aggregate above merges it as before. A partial aggregate may emit
 //! a key more than once (the final merges duplicates), which is what makes two safety valves
 //! simple:
 //!
 //! * memory: the groups are accounted in DataFusion's memory pool; when the pool refuses more,
-//!   the groups gathered so far are emitted and the operator starts afresh;
+//!   the groups gathered so far are emitted and the operator starts afresh (`early_emits`);
 //! * cost: like DataFusion's partial aggregate, after
 //!   `skip_partial_aggregation_probe_rows_threshold` input rows it checks how many groups it
 //!   found; at `skip_partial_aggregation_probe_ratio_threshold` or more groups per row it stops
-//!   aggregating and passes each row on as its own state.
+//!   aggregating and passes each row on as its own state (`skipped_aggregation_rows`).
 //!
-//! Taken only when the key is one expression of a 64-bit integer type (Int64, Timestamp, Date64,
-//! Duration), without grouping sets, aggregate filters, `DISTINCT`, ordered aggregates or
-//! limits, on an unordered input, and every accumulator has a grouped form. `EXPLAIN` shows
-//! `IntKeyPartialAggregateExec`. The rule runs after DataFusion's last filter pushdown, so
-//! dynamic filters are already wired to the scans below.
+//! Taken only without grouping sets, aggregate filters, `DISTINCT`, ordered aggregates or
+//! limits, on an unordered input, with every accumulator in grouped form and every key of a
+//! flat type (no dictionaries, lists or structs). The rule runs after DataFusion's last filter
+//! pushdown, so dynamic filters are already wired to the scans below.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayData, ArrayRef, MutableArrayData, RecordBatch, make_array,
+    Array, ArrayData, ArrayRef, BooleanArray, MutableArrayData, RecordBatch, UInt32Array,
+    make_array,
 };
 use datafusion::arrow::buffer::{Buffer, NullBuffer};
+use datafusion::arrow::compute::kernels::cmp::distinct;
+use datafusion::arrow::compute::{or, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, internal_err};
@@ -47,6 +56,8 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::metrics::{
@@ -60,9 +71,9 @@ use futures::StreamExt;
 
 /// The rule; see the module documentation.
 #[derive(Debug, Default)]
-pub struct IntKeyAggregation;
+pub struct PartialAggregation;
 
-impl PhysicalOptimizerRule for IntKeyAggregation {
+impl PhysicalOptimizerRule for PartialAggregation {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
@@ -76,15 +87,13 @@ impl PhysicalOptimizerRule for IntKeyAggregation {
                 return Ok(Transformed::no(node));
             }
             let agg = Arc::new(agg.clone());
-            Ok(Transformed::yes(Arc::new(IntKeyPartialAggregateExec::new(
-                agg,
-            )?)))
+            Ok(Transformed::yes(Arc::new(PartialAggregateExec::new(agg)?)))
         })
         .data()
     }
 
     fn name(&self) -> &str {
-        "int_key_aggregation"
+        "partial_aggregation"
     }
 
     fn schema_check(&self) -> bool {
@@ -92,7 +101,7 @@ impl PhysicalOptimizerRule for IntKeyAggregation {
     }
 }
 
-/// Key types stored as `i64`.
+/// Key types stored as `i64`: looked up through the cache.
 fn int_key(t: &DataType) -> bool {
     matches!(
         t,
@@ -100,12 +109,27 @@ fn int_key(t: &DataType) -> bool {
     )
 }
 
+/// Key types DataFusion's group tables and Arrow's `distinct` both handle as plain values.
+fn flat_key(t: &DataType) -> bool {
+    t.is_primitive()
+        || matches!(
+            t,
+            DataType::Boolean
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+        )
+}
+
 /// Whether the replacement computes what `agg` computes (see the module documentation).
 fn eligible(agg: &AggregateExec) -> Result<bool> {
     let group = agg.group_expr();
     if *agg.mode() != AggregateMode::Partial
         || !group.is_single()
-        || group.expr().len() != 1
+        || group.expr().is_empty()
         || *agg.input_order_mode() != InputOrderMode::Linear
         || agg.limit_options().is_some()
         || !agg.dynamic_expressions_produced().is_empty()
@@ -114,8 +138,11 @@ fn eligible(agg: &AggregateExec) -> Result<bool> {
     {
         return Ok(false);
     }
-    if !int_key(&group.expr()[0].0.data_type(&agg.input_schema())?) {
-        return Ok(false);
+    let schema = agg.input_schema();
+    for (e, _) in group.expr() {
+        if !flat_key(&e.data_type(&schema)?) {
+            return Ok(false);
+        }
     }
     Ok(agg
         .aggr_expr()
@@ -123,16 +150,37 @@ fn eligible(agg: &AggregateExec) -> Result<bool> {
         .all(|a| !a.is_distinct() && a.order_bys().is_empty() && a.groups_accumulator_supported()))
 }
 
+/// How rows find their groups (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Cache,
+    Runs,
+}
+
+impl Lookup {
+    fn of(agg: &AggregateExec) -> Result<Self> {
+        let keys = agg.group_expr().expr();
+        Ok(
+            if keys.len() == 1 && int_key(&keys[0].0.data_type(&agg.input_schema())?) {
+                Lookup::Cache
+            } else {
+                Lookup::Runs
+            },
+        )
+    }
+}
+
 /// The operator; see the module documentation. It keeps the `AggregateExec` it replaces as its
 /// description (key, aggregates, output schema, partitioning) and never executes it.
 #[derive(Debug)]
-pub struct IntKeyPartialAggregateExec {
+pub struct PartialAggregateExec {
     agg: Arc<AggregateExec>,
+    lookup: Lookup,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
-impl IntKeyPartialAggregateExec {
+impl PartialAggregateExec {
     fn new(agg: Arc<AggregateExec>) -> Result<Self> {
         let p = agg.properties();
         // The same partitioning (a key's rows stay in their input partition), no ordering, and
@@ -144,6 +192,7 @@ impl IntKeyPartialAggregateExec {
             p.boundedness,
         );
         Ok(Self {
+            lookup: Lookup::of(&agg)?,
             agg,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -151,24 +200,40 @@ impl IntKeyPartialAggregateExec {
     }
 }
 
-impl DisplayAs for IntKeyPartialAggregateExec {
+impl DisplayAs for PartialAggregateExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let (key, name) = &self.agg.group_expr().expr()[0];
         let aggr: Vec<&str> = self.agg.aggr_expr().iter().map(|a| a.name()).collect();
+        let keys = match self.lookup {
+            Lookup::Cache => "cache",
+            Lookup::Runs => "runs",
+        };
+        let group = self.agg.group_expr().expr();
         match t {
-            DisplayFormatType::TreeRender => write!(f, "gby={name}\naggr={}", aggr.join(", ")),
-            _ => write!(
-                f,
-                "IntKeyPartialAggregateExec: gby=[{key} as {name}], aggr=[{}]",
-                aggr.join(", ")
-            ),
+            DisplayFormatType::TreeRender => {
+                let names: Vec<&str> = group.iter().map(|(_, n)| n.as_str()).collect();
+                write!(
+                    f,
+                    "gby={}\naggr={}\nkeys={keys}",
+                    names.join(", "),
+                    aggr.join(", ")
+                )
+            }
+            _ => {
+                let gby: Vec<String> = group.iter().map(|(e, n)| format!("{e} as {n}")).collect();
+                write!(
+                    f,
+                    "PartialAggregateExec: gby=[{}], aggr=[{}], keys={keys}",
+                    gby.join(", "),
+                    aggr.join(", ")
+                )
+            }
         }
     }
 }
 
-impl ExecutionPlan for IntKeyPartialAggregateExec {
+impl ExecutionPlan for PartialAggregateExec {
     fn name(&self) -> &str {
-        "IntKeyPartialAggregateExec"
+        "PartialAggregateExec"
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -209,12 +274,23 @@ impl ExecutionPlan for IntKeyPartialAggregateExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.agg.input().execute(partition, Arc::clone(&context))?;
         let options = &context.session_config().options().execution;
-        let (key, _) = &self.agg.group_expr().expr()[0];
+        let input_schema = self.agg.input_schema();
+        let group = self.agg.group_expr();
         let schema = self.agg.schema();
+        let groups = match self.lookup {
+            Lookup::Cache => Groups::Cache {
+                keys: KeyGroups::new(),
+                key_type: group.expr()[0].0.data_type(&input_schema)?,
+            },
+            Lookup::Runs => Groups::Runs {
+                values: new_group_values(group.group_schema(&input_schema)?, &GroupOrdering::None)?,
+                starts: Vec::new(),
+                run_groups: Vec::new(),
+            },
+        };
         let state = Partial {
             input,
-            key: Arc::clone(key),
-            key_type: key.data_type(&self.agg.input_schema())?,
+            keys: group.expr().iter().map(|(e, _)| Arc::clone(e)).collect(),
             args: self
                 .agg
                 .aggr_expr()
@@ -227,11 +303,11 @@ impl ExecutionPlan for IntKeyPartialAggregateExec {
                 .iter()
                 .map(|a| a.create_groups_accumulator())
                 .collect::<Result<_>>()?,
-            groups: KeyGroups::new(),
+            groups,
             indices: Vec::new(),
             schema: Arc::clone(&schema),
             batch_size: context.session_config().batch_size(),
-            reservation: MemoryConsumer::new(format!("IntKeyPartialAggregate[{partition}]"))
+            reservation: MemoryConsumer::new(format!("PartialAggregate[{partition}]"))
                 .register(context.memory_pool()),
             probe_rows: options.skip_partial_aggregation_probe_rows_threshold,
             probe_ratio: options.skip_partial_aggregation_probe_ratio_threshold,
@@ -352,14 +428,121 @@ impl KeyGroups {
     }
 }
 
+/// The groups found so far, by one of the two lookups.
+enum Groups {
+    Cache {
+        keys: KeyGroups,
+        key_type: DataType,
+    },
+    Runs {
+        values: Box<dyn GroupValues>,
+        /// Scratch: the first row of each run of equal keys in a batch, and its group.
+        starts: Vec<u32>,
+        run_groups: Vec<usize>,
+    },
+}
+
+impl Groups {
+    fn len(&self) -> usize {
+        match self {
+            Groups::Cache { keys, .. } => keys.len(),
+            Groups::Runs { values, .. } => values.len(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Groups::Cache { keys, .. } => keys.size(),
+            Groups::Runs {
+                values,
+                starts,
+                run_groups,
+            } => {
+                values.size()
+                    + starts.capacity() * size_of::<u32>()
+                    + run_groups.capacity() * size_of::<usize>()
+            }
+        }
+    }
+
+    /// The group of each of a batch's rows, given its key columns, into `out`.
+    fn intern(&mut self, keys: &[ArrayRef], rows: usize, out: &mut Vec<usize>) -> Result<()> {
+        match self {
+            Groups::Cache { keys: groups, .. } => {
+                let data = keys[0].to_data();
+                let values: &[i64] = &data.buffer::<i64>(0)[..rows];
+                groups.intern(values, keys[0].nulls(), out);
+            }
+            Groups::Runs {
+                values,
+                starts,
+                run_groups,
+            } => {
+                run_starts(keys, rows, starts)?;
+                out.clear();
+                if starts.len() * 2 > rows {
+                    // Short runs: finding them saves nothing.
+                    return values.intern(keys, out);
+                }
+                let firsts = UInt32Array::from(starts.clone());
+                let heads = keys
+                    .iter()
+                    .map(|k| take(k, &firsts, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                run_groups.clear();
+                values.intern(&heads, run_groups)?;
+                out.reserve(rows);
+                for (r, &g) in run_groups.iter().enumerate() {
+                    let end = starts.get(r + 1).map_or(rows, |&e| e as usize);
+                    out.extend(std::iter::repeat_n(g, end - starts[r] as usize));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The key columns of every group, and a fresh start.
+    fn take(&mut self) -> Result<Vec<ArrayRef>> {
+        match self {
+            Groups::Cache { keys, key_type } => Ok(vec![keys.take(key_type)?]),
+            Groups::Runs { values, .. } => {
+                let keys = values.emit(EmitTo::All)?;
+                // `emit(All)` leaves the table's index behind (DataFusion clears it the same way).
+                values.clear_shrink(0);
+                Ok(keys)
+            }
+        }
+    }
+}
+
+/// The first row of each run of rows with equal keys (NULL equal to NULL), into `starts`.
+fn run_starts(keys: &[ArrayRef], rows: usize, starts: &mut Vec<u32>) -> Result<()> {
+    starts.clear();
+    if rows == 0 {
+        return Ok(());
+    }
+    starts.push(0);
+    let mut changed: Option<BooleanArray> = None;
+    for k in keys {
+        let d = distinct(&k.slice(1, rows - 1), &k.slice(0, rows - 1))?;
+        changed = Some(match changed {
+            None => d,
+            Some(c) => or(&c, &d)?,
+        });
+    }
+    if let Some(c) = changed {
+        starts.extend(c.values().set_indices().map(|i| i as u32 + 1));
+    }
+    Ok(())
+}
+
 /// One partition's state while it runs.
 struct Partial {
     input: SendableRecordBatchStream,
-    key: Arc<dyn PhysicalExpr>,
-    key_type: DataType,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
     args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
-    groups: KeyGroups,
+    groups: Groups,
     indices: Vec<usize>,
     schema: SchemaRef,
     batch_size: usize,
@@ -425,10 +608,14 @@ impl Partial {
         let elapsed = self.baseline.elapsed_compute().clone();
         let _timer = elapsed.timer();
         let rows = batch.num_rows();
-        let key = self.key.evaluate(batch)?.into_array(rows)?;
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| k.evaluate(batch)?.into_array(rows))
+            .collect::<Result<Vec<_>>>()?;
         let args = self.arguments(batch)?;
         if self.skipping {
-            let mut columns = vec![key];
+            let mut columns = keys;
             for (acc, values) in self.accumulators.iter().zip(&args) {
                 columns.extend(acc.convert_to_state(values, None)?);
             }
@@ -437,9 +624,7 @@ impl Partial {
             self.skipped_rows.add(rows);
             return Ok(());
         }
-        let data = key.to_data();
-        let values: &[i64] = &data.buffer::<i64>(0)[..rows];
-        self.groups.intern(values, key.nulls(), &mut self.indices);
+        self.groups.intern(&keys, rows, &mut self.indices)?;
         let total = self.groups.len();
         for (acc, values) in self.accumulators.iter_mut().zip(&args) {
             acc.update_batch(values, &self.indices, None, total)?;
@@ -465,7 +650,7 @@ impl Partial {
         if self.groups.len() == 0 {
             return Ok(());
         }
-        let mut columns = vec![self.groups.take(&self.key_type)?];
+        let mut columns = self.groups.take()?;
         for acc in &mut self.accumulators {
             columns.extend(acc.state(EmitTo::All)?);
         }
