@@ -498,23 +498,49 @@ pub struct Sensor {
 #[derive(Debug, Clone)]
 pub struct SensorRegistry {
     sensors: Vec<Sensor>,
-    /// id → index; foldhash: this lookup runs once per message.
-    index: HashMap<String, u32, foldhash::fast::RandomState>,
+    /// id → index for ids of up to 15 bytes, packed into the key ([`short_key`]): this lookup
+    /// runs once per message, and a key held inline needs no visit to a string on the heap.
+    short: HashMap<u128, u32, foldhash::fast::RandomState>,
+    /// id → index for longer ids.
+    long: HashMap<String, u32, foldhash::fast::RandomState>,
+}
+
+/// An id of up to 15 bytes as one number: its bytes, then its length in the last byte (so that
+/// no two ids share a key).
+#[inline]
+fn short_key(id: &str) -> Option<u128> {
+    let b = id.as_bytes();
+    if b.len() > 15 {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    key[..b.len()].copy_from_slice(b);
+    key[15] = b.len() as u8;
+    Some(u128::from_le_bytes(key))
 }
 
 impl SensorRegistry {
     pub fn new(sensors: Vec<Sensor>) -> Self {
-        let index = sensors
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i as u32))
-            .collect();
-        SensorRegistry { sensors, index }
+        let (mut short, mut long) = (HashMap::default(), HashMap::default());
+        for (i, s) in sensors.iter().enumerate() {
+            match short_key(&s.id) {
+                Some(k) => short.insert(k, i as u32),
+                None => long.insert(s.id.clone(), i as u32),
+            };
+        }
+        SensorRegistry {
+            sensors,
+            short,
+            long,
+        }
     }
     /// Index of a sensor id, if registered.
     #[inline]
     pub fn lookup(&self, id: &str) -> Option<u32> {
-        self.index.get(id).copied()
+        match short_key(id) {
+            Some(k) => self.short.get(&k).copied(),
+            None => self.long.get(id).copied(),
+        }
     }
     #[inline]
     pub fn get(&self, idx: u32) -> &Sensor {
@@ -1266,6 +1292,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_lookup_tells_short_long_and_look_alike_ids_apart() {
+        let ids = [
+            "S1",
+            "S1\0",
+            "S10",
+            "exactly15bytes!",
+            "sixteen-bytes-id",
+            "a-very-long-sensor-id-0001",
+        ];
+        let registry = SensorRegistry::new(
+            ids.iter()
+                .map(|id| Sensor {
+                    id: id.to_string(),
+                    array: "A".into(),
+                    directions: vec!["in".into()],
+                })
+                .collect(),
+        );
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(registry.lookup(id), Some(i as u32), "{id:?}");
+        }
+        for unknown in [
+            "",
+            "S",
+            "S1\0\0",
+            "S2",
+            "exactly15bytes?",
+            "a-very-long-sensor-id-0002",
+        ] {
+            assert_eq!(registry.lookup(unknown), None, "{unknown:?}");
+        }
+    }
 
     #[test]
     fn embedded_chikaho_config_is_valid() {

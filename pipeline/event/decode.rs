@@ -84,7 +84,8 @@ impl Decoder {
                 ),
             ));
         }
-        let wire = fields::parse(text)?;
+        let mut wire = fields::Fields::default();
+        fields::parse(text, &mut wire)?;
 
         let sensor_id = wire
             .sensor_id

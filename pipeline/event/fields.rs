@@ -32,12 +32,14 @@ pub struct Fields<'a> {
     pub code: Option<Cow<'a, str>>,
 }
 
-/// The fields of `text` (which starts with `{` after whitespace), or why it is not a message.
-pub fn parse(text: &str) -> Result<Fields<'_>, Rejection> {
-    if let Some(f) = scan(text) {
-        return Ok(f);
+/// The fields of `text` (which starts with `{` after whitespace) into `f`, or why it is not a
+/// message. Filled in place: moving the 170-byte struct out of a returned `Option` and `Result`
+/// cost two `memcpy` calls per message (~6 % of ingest cycles).
+pub fn parse<'a>(text: &'a str, f: &mut Fields<'a>) -> Result<(), Rejection> {
+    if !scan_into(text, f) {
+        *f = parse_serde(text)?;
     }
-    parse_serde(text)
+    Ok(())
 }
 
 /// The general path: serde_json.
@@ -239,8 +241,19 @@ fn raw_field(v: Value<'_>) -> Option<&str> {
 
 /// The fast path: the fields of a plain flat object, or `None` to leave the message to serde_json.
 pub fn scan(text: &str) -> Option<Fields<'_>> {
-    let b = text.as_bytes();
     let mut f = Fields::default();
+    scan_into(text, &mut f).then_some(f)
+}
+
+/// [`scan`] into `f` (reset first); `false` leaves the message to serde_json, and `f` to be
+/// overwritten.
+fn scan_into<'a>(text: &'a str, f: &mut Fields<'a>) -> bool {
+    *f = Fields::default();
+    scan_fill(text, f).is_some()
+}
+
+fn scan_fill<'a>(text: &'a str, f: &mut Fields<'a>) -> Option<()> {
+    let b = text.as_bytes();
     let mut seen = 0u8;
     let mut i = ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -312,7 +325,7 @@ pub fn scan(text: &str) -> Option<Fields<'_>> {
             }
         }
     }
-    (ws(b, i) == b.len()).then_some(f)
+    (ws(b, i) == b.len()).then_some(())
 }
 
 #[cfg(test)]
@@ -330,8 +343,12 @@ mod tests {
         assert!(scan(lines[0]).is_some());
         assert!(scan(lines[1]).is_some());
         assert!(scan(lines[2]).is_none(), "nested values go to serde_json");
+        // One `Fields` reused for every line (as a decoder might), the second line after a
+        // fully filled first, the third after the scanner filled some fields and declined.
+        let mut f = Fields::default();
         for l in lines {
-            assert_eq!(parse(l), parse_serde(l));
+            parse(l, &mut f).unwrap();
+            assert_eq!(Ok(f.clone()), parse_serde(l));
         }
         let f = scan(lines[0]).unwrap();
         assert_eq!(f.ts, Some(r#""2026-11-02T08:15:03.123+09:00""#));
