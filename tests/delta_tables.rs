@@ -510,6 +510,10 @@ async fn the_scan_answers_as_delta_rs_and_prunes_by_date_and_statistics() {
         let plan = text_of(&ctx, &format!("EXPLAIN {ours}")).await;
         assert!(plan.contains("PartialAggregateExec: gby"), "{plan}");
         assert!(plan.contains(keys), "{plan}");
+        if keys == "keys=runs" {
+            // The eager aggregate below the join, not only the one above it.
+            assert!(plan.contains("aggr=[__eager_0], keys=runs"), "{plan}");
+        }
         let plan = text_of(&ctx, &format!("EXPLAIN {plain}")).await;
         assert!(!plan.contains("PartialAggregateExec: gby"), "{plan}");
     }

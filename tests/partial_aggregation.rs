@@ -1,10 +1,10 @@
 //! The partial aggregate with layout-aware group lookups (`jobs::partial_aggregation`, issue #12)
 //! gives DataFusion's answer for any data: random tables (repeated, NULL and extreme keys, NULL
 //! values, sorted into runs or not, several partitions and batches) queried through jinryu's
-//! optimizer rules and through DataFusion's own, every row compared. The operator must be in the plan where it applies and
-//! out of it where it does not; its two safety valves (passing rows through when the grouping
-//! does not reduce them, emitting early when the memory pool refuses more) must not change an
-//! answer either.
+//! optimizer rules and through DataFusion's own, every row compared. The operator must be in the
+//! plan where it applies and out of it where it does not; its two safety valves (passing rows
+//! through when the grouping does not reduce them, emitting early when the memory pool refuses
+//! more) must not change an answer either.
 
 use std::sync::Arc;
 
@@ -193,7 +193,7 @@ proptest! {
         rows in rows(),
         sorted in any::<bool>(),
         batches in 1usize..5,
-        probe_rows in prop_oneof![Just(10usize), Just(100_000)],
+        probe_rows in prop_oneof![Just(0usize), Just(10), Just(100_000)],
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -212,11 +212,10 @@ proptest! {
             register(&plain, &rows, batches);
             for (sql, keys) in TAKEN {
                 let (got, plan) = answer(&ours, sql).await;
-                let (want, before) = answer(&plain, sql).await;
+                let (want, _) = answer(&plain, sql).await;
                 assert_eq!(got, want, "{sql}\n{plan}");
                 assert!(plan.contains(NAME), "not taken: {sql}\n{plan}");
                 assert!(plan.contains(&format!("keys={keys}")), "{sql}\n{plan}");
-                assert!(!before.contains(NAME));
             }
             for sql in EITHER_WAY {
                 let (got, plan) = answer(&ours, sql).await;

@@ -36,6 +36,7 @@
 //! flat type (no dictionaries, lists or structs). The rule runs after DataFusion's last filter
 //! pushdown, so dynamic filters are already wired to the scans below.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -80,7 +81,9 @@ impl PhysicalOptimizerRule for PartialAggregation {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            let Some(agg) = node.downcast_ref::<AggregateExec>() else {
+            // The node itself, not a wrapper that delegates to an aggregate (`downcast_ref`
+            // would see through it, and the replacement would drop the wrapper).
+            let Some(agg) = (node.as_ref() as &dyn Any).downcast_ref::<AggregateExec>() else {
                 return Ok(Transformed::no(node));
             };
             if !eligible(agg)? {
@@ -308,11 +311,12 @@ impl ExecutionPlan for PartialAggregateExec {
             schema: Arc::clone(&schema),
             batch_size: context.session_config().batch_size(),
             reservation: MemoryConsumer::new(format!("PartialAggregate[{partition}]"))
+                // It can give memory back (by emitting): a fair pool may limit it.
+                .with_can_spill(true)
                 .register(context.memory_pool()),
             probe_rows: options.skip_partial_aggregation_probe_rows_threshold,
             probe_ratio: options.skip_partial_aggregation_probe_ratio_threshold,
             rows_seen: 0,
-            probed: false,
             skipping: false,
             out: VecDeque::new(),
             done: false,
@@ -328,7 +332,7 @@ impl ExecutionPlan for PartialAggregateExec {
     }
 }
 
-/// Slots of the direct-mapped cache (a power of two): four times a day's windows.
+/// Slots of the direct-mapped cache (a power of two): ten times a day's 96 windows.
 const CACHE_SLOTS: usize = 1 << 10;
 /// An empty cache slot.
 const EMPTY: u32 = u32::MAX;
@@ -417,7 +421,8 @@ impl KeyGroups {
             .null_group
             .take()
             .map(|g| NullBuffer::from_iter((0..len).map(|i| i != g as usize)));
-        self.map.clear();
+        // A fresh map: a cleared one keeps its capacity, which `size` would count again.
+        self.map = HashMap::default();
         self.cache.fill((0, EMPTY));
         let data = ArrayData::builder(key_type.clone())
             .len(len)
@@ -550,7 +555,6 @@ struct Partial {
     probe_rows: usize,
     probe_ratio: f64,
     rows_seen: usize,
-    probed: bool,
     skipping: bool,
     out: VecDeque<RecordBatch>,
     done: bool,
@@ -624,21 +628,27 @@ impl Partial {
             self.skipped_rows.add(rows);
             return Ok(());
         }
+        if self.groups.len() + rows > MAX_GROUPS {
+            // Group numbers must stay below the cache's `EMPTY`.
+            self.early_emits.add(1);
+            self.emit()?;
+        }
         self.groups.intern(&keys, rows, &mut self.indices)?;
         let total = self.groups.len();
         for (acc, values) in self.accumulators.iter_mut().zip(&args) {
             acc.update_batch(values, &self.indices, None, total)?;
         }
+        // DataFusion's rule (`SkipAggregationProbe`): once past the probe rows, after every
+        // batch, skip when the groups per row exceed the ratio (never, at a ratio of 1).
         self.rows_seen += rows;
-        if !self.probed && self.rows_seen >= self.probe_rows {
-            self.probed = true;
-            if total as f64 >= self.probe_ratio * self.rows_seen as f64 {
-                self.skipping = true;
-                return self.emit();
-            }
+        if self.rows_seen >= self.probe_rows
+            && total as f64 / self.rows_seen as f64 > self.probe_ratio
+        {
+            self.skipping = true;
+            return self.emit();
         }
         let size = self.groups.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
-        if total >= MAX_GROUPS || self.reservation.try_resize(size).is_err() {
+        if self.reservation.try_resize(size).is_err() {
             self.early_emits.add(1);
             self.emit()?;
         }
@@ -680,5 +690,87 @@ impl Partial {
         }
         self.reservation.free();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::TimestampMillisecondArray;
+    use proptest::prelude::*;
+
+    /// Group numbers in order of first appearance, NULL a group of its own: what any group table
+    /// must give.
+    fn reference(rows: &[Option<i64>]) -> (Vec<usize>, Vec<Option<i64>>) {
+        let mut seen: Vec<Option<i64>> = Vec::new();
+        let groups = rows
+            .iter()
+            .map(|k| match seen.iter().position(|s| s == k) {
+                Some(g) => g,
+                None => {
+                    seen.push(*k);
+                    seen.len() - 1
+                }
+            })
+            .collect();
+        (groups, seen)
+    }
+
+    proptest! {
+        /// Keys from a pool larger than the cache (so slots collide), with 0, NULL and the i64
+        /// extremes; two batches, the groups taken in between, then a third: every batch's group
+        /// numbers and the taken keys (type and time zone kept) equal the reference's.
+        #[test]
+        fn the_cache_numbers_groups_as_a_plain_table_does(
+            batches in prop::collection::vec(
+                prop::collection::vec(
+                    prop::option::weighted(
+                        0.95,
+                        prop_oneof![
+                            8 => (0i64..3_000).prop_map(|k| k * 900_000),
+                            1 => Just(0i64),
+                            1 => Just(i64::MIN),
+                            1 => Just(i64::MAX),
+                        ],
+                    ),
+                    0..700,
+                ),
+                3,
+            ),
+        ) {
+            let key_type = DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Millisecond,
+                Some("Asia/Tokyo".into()),
+            );
+            let mut groups = KeyGroups::new();
+            let mut out = Vec::new();
+            let mut since_take: Vec<Option<i64>> = Vec::new();
+            for (i, batch) in batches.iter().enumerate() {
+                if i == 2 {
+                    let keys = groups.take(&key_type).unwrap();
+                    prop_assert_eq!(keys.data_type(), &key_type);
+                    let got: Vec<Option<i64>> = keys
+                        .as_any()
+                        .downcast_ref::<TimestampMillisecondArray>()
+                        .unwrap()
+                        .iter()
+                        .collect();
+                    prop_assert_eq!(got, reference(&since_take).1);
+                    since_take.clear();
+                    prop_assert_eq!(groups.len(), 0);
+                }
+                let array = TimestampMillisecondArray::from(batch.clone())
+                    .with_timezone("Asia/Tokyo");
+                // A slice, so that offsets are exercised too.
+                let array = array.slice(0, batch.len());
+                let data = array.to_data();
+                let values: &[i64] = &data.buffer::<i64>(0)[..batch.len()];
+                groups.intern(values, array.nulls(), &mut out);
+                let before = since_take.len();
+                since_take.extend(batch.iter().copied());
+                let (want, _) = reference(&since_take);
+                prop_assert_eq!(&out[..], &want[before..]);
+            }
+        }
     }
 }
