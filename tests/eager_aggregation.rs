@@ -4,16 +4,18 @@
 //! rule must have fired (`EXPLAIN` names its aggregate) where it applies, and must stay out of
 //! the joins and aggregates it does not handle.
 
+mod support;
+
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringViewArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use jinryu::jobs::eager_aggregation::EagerAggregation;
 use proptest::prelude::*;
+use support::{analyzed_metric, register_in_parts, rows_and_plan, sql_text};
 
 /// A fact row: group, join key, value.
 type Fact = (u8, Option<u8>, Option<i64>);
@@ -60,20 +62,7 @@ fn register_facts(
         ];
         RecordBatch::try_new(schema.clone(), cols).unwrap()
     };
-    let mut parts: Vec<Vec<RecordBatch>> = rows
-        .chunks(rows.len().div_ceil(3).max(1))
-        .map(|part| {
-            part.chunks(part.len().div_ceil(batches).max(1))
-                .map(batch)
-                .collect()
-        })
-        .collect();
-    ctx.deregister_table(name).unwrap();
-    if parts.is_empty() {
-        parts.push(Vec::new());
-    }
-    ctx.register_table(name, Arc::new(MemTable::try_new(schema, parts).unwrap()))
-        .unwrap();
+    register_in_parts(ctx, name, schema.clone(), rows, batches, batch);
 }
 
 fn register(ctx: &SessionContext, facts: &[Fact], dims: &[Dim]) {
@@ -108,25 +97,6 @@ fn register(ctx: &SessionContext, facts: &[Fact], dims: &[Dim]) {
         Arc::new(MemTable::try_new(dim_schema, vec![vec![dim]]).unwrap()),
     )
     .unwrap();
-}
-
-/// A statement's result as a text table.
-async fn text(ctx: &SessionContext, sql: &str) -> String {
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
-}
-
-/// The query's rows, sorted, as text; and its physical plan.
-async fn answer(ctx: &SessionContext, sql: &str) -> (Vec<String>, String) {
-    let mut rows: Vec<String> = text(ctx, sql)
-        .await
-        .lines()
-        .filter(|l| l.starts_with("| "))
-        .skip(1)
-        .map(str::to_owned)
-        .collect();
-    rows.sort();
-    (rows, text(ctx, &format!("EXPLAIN {sql}")).await)
 }
 
 /// Queries the rule rewrites.
@@ -195,20 +165,20 @@ proptest! {
             register(&eager, &facts, &dims);
             register(&plain, &facts, &dims);
             for sql in REWRITTEN {
-                let (got, plan) = answer(&eager, sql).await;
-                let (want, before) = answer(&plain, sql).await;
+                let (got, plan) = rows_and_plan(&eager, sql).await;
+                let (want, before) = rows_and_plan(&plain, sql).await;
                 assert_eq!(got, want, "{sql}\n{plan}");
                 assert!(plan.contains("__eager_0"), "not rewritten: {sql}\n{plan}");
                 assert!(!before.contains("__eager_0"));
             }
             for sql in EITHER_WAY {
-                let (got, plan) = answer(&eager, sql).await;
-                let (want, _) = answer(&plain, sql).await;
+                let (got, plan) = rows_and_plan(&eager, sql).await;
+                let (want, _) = rows_and_plan(&plain, sql).await;
                 assert_eq!(got, want, "{sql}\n{plan}");
             }
             for sql in LEFT_ALONE {
-                let (got, plan) = answer(&eager, sql).await;
-                let (want, _) = answer(&plain, sql).await;
+                let (got, plan) = rows_and_plan(&eager, sql).await;
+                let (want, _) = rows_and_plan(&plain, sql).await;
                 assert_eq!(got, want, "{sql}\n{plan}");
                 assert!(!plan.contains("__eager_"), "rewritten: {sql}\n{plan}");
             }
@@ -238,29 +208,13 @@ async fn a_grouping_that_does_not_reduce_passes_rows_through_and_answers_the_sam
     }
     let sql = "SELECT f.g, dim.arr, SUM(f.v) AS s, MIN(f.v) AS lo, MAX(f.v) AS hi \
                FROM f JOIN dim ON f.k = dim.k GROUP BY f.g, dim.arr";
-    let (got, plan) = answer(&eager, sql).await;
-    let (want, _) = answer(&plain, sql).await;
+    let (got, plan) = rows_and_plan(&eager, sql).await;
+    let (want, _) = rows_and_plan(&plain, sql).await;
     assert!(plan.contains("__eager_0"), "{plan}");
     assert_eq!(got, want);
     assert_eq!(got.len(), 3, "{got:?}");
-    let analyzed = text(&eager, &format!("EXPLAIN ANALYZE {sql}")).await;
-    let skipped: u64 = analyzed
-        .lines()
-        .filter(|l| l.contains("__eager_0"))
-        .filter_map(|l| l.split("skipped_aggregation_rows=").nth(1))
-        .filter_map(|v| v.split([',', ']']).next())
-        .map(|v| {
-            // "590.00 K", "1.20 M" or a plain count.
-            let mut parts = v.split_whitespace();
-            let n: f64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
-            let scale = match parts.next() {
-                Some("K") => 1e3,
-                Some("M") => 1e6,
-                _ => 1.0,
-            };
-            (n * scale) as u64
-        })
-        .sum();
+    let analyzed = sql_text(&eager, &format!("EXPLAIN ANALYZE {sql}")).await;
+    let skipped = analyzed_metric(&analyzed, "__eager_0", "skipped_aggregation_rows");
     assert!(
         skipped > 100_000,
         "the added aggregate did not pass rows through:\n{analyzed}"

@@ -6,16 +6,17 @@
 //! through when the grouping does not reduce them, emitting early when the memory pool refuses
 //! more) must not change an answer either.
 
+mod support;
+
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use arrow::util::pretty::pretty_format_batches;
-use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use proptest::prelude::*;
+use support::{analyzed_metric, register_in_parts, rows_and_plan, sql_text};
 
 /// A row: key, timestamp key (µs), value.
 type Row = (Option<i64>, Option<i64>, Option<i64>);
@@ -74,39 +75,7 @@ fn register(ctx: &SessionContext, rows: &[Row], batches: usize) {
         ];
         RecordBatch::try_new(schema.clone(), cols).unwrap()
     };
-    let mut parts: Vec<Vec<RecordBatch>> = rows
-        .chunks(rows.len().div_ceil(3).max(1))
-        .map(|part| {
-            part.chunks(part.len().div_ceil(batches).max(1))
-                .map(batch)
-                .collect()
-        })
-        .collect();
-    if parts.is_empty() {
-        parts.push(Vec::new());
-    }
-    ctx.deregister_table("t").unwrap();
-    ctx.register_table("t", Arc::new(MemTable::try_new(schema, parts).unwrap()))
-        .unwrap();
-}
-
-/// A statement's result as a text table.
-async fn text(ctx: &SessionContext, sql: &str) -> String {
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
-}
-
-/// The query's rows, sorted, as text; and its physical plan.
-async fn answer(ctx: &SessionContext, sql: &str) -> (Vec<String>, String) {
-    let mut rows: Vec<String> = text(ctx, sql)
-        .await
-        .lines()
-        .filter(|l| l.starts_with("| "))
-        .skip(1)
-        .map(str::to_owned)
-        .collect();
-    rows.sort();
-    (rows, text(ctx, &format!("EXPLAIN {sql}")).await)
+    register_in_parts(ctx, "t", schema.clone(), rows, batches, batch);
 }
 
 /// Queries the operator takes: an integer key, a timestamp key, a key computed from a column
@@ -211,46 +180,25 @@ proptest! {
             register(&ours, &rows, batches);
             register(&plain, &rows, batches);
             for (sql, keys) in TAKEN {
-                let (got, plan) = answer(&ours, sql).await;
-                let (want, _) = answer(&plain, sql).await;
+                let (got, plan) = rows_and_plan(&ours, sql).await;
+                let (want, _) = rows_and_plan(&plain, sql).await;
                 assert_eq!(got, want, "{sql}\n{plan}");
                 assert!(plan.contains(NAME), "not taken: {sql}\n{plan}");
                 assert!(plan.contains(&format!("keys={keys}")), "{sql}\n{plan}");
             }
             for sql in EITHER_WAY {
-                let (got, plan) = answer(&ours, sql).await;
-                let (want, _) = answer(&plain, sql).await;
+                let (got, plan) = rows_and_plan(&ours, sql).await;
+                let (want, _) = rows_and_plan(&plain, sql).await;
                 assert_eq!(got, want, "{sql}\n{plan}");
             }
             for sql in LEFT_ALONE {
-                let (got, plan) = answer(&ours, sql).await;
-                let (want, _) = answer(&plain, sql).await;
+                let (got, plan) = rows_and_plan(&ours, sql).await;
+                let (want, _) = rows_and_plan(&plain, sql).await;
                 assert_eq!(got, want, "{sql}\n{plan}");
                 assert!(!plan.contains(NAME), "taken: {sql}\n{plan}");
             }
         });
     }
-}
-
-/// The sum over all partitions of one metric of the operator in `EXPLAIN ANALYZE` text.
-fn metric(analyzed: &str, name: &str) -> u64 {
-    analyzed
-        .lines()
-        .filter(|l| l.contains(NAME))
-        .filter_map(|l| l.split(&format!("{name}=")).nth(1))
-        .filter_map(|v| v.split([',', ']']).next())
-        .map(|v| {
-            // "590.00 K", "1.20 M" or a plain count.
-            let mut parts = v.split_whitespace();
-            let n: f64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
-            let scale = match parts.next() {
-                Some("K") => 1e3,
-                Some("M") => 1e6,
-                _ => 1.0,
-            };
-            (n * scale) as u64
-        })
-        .sum()
 }
 
 /// Every row a key of its own: after its probe the operator passes rows through as their own
@@ -269,12 +217,12 @@ async fn a_grouping_that_does_not_reduce_passes_rows_through_and_answers_the_sam
             "SELECT SUM(s) AS total, COUNT(*) AS groups, MAX(n) AS most FROM \
              (SELECT k, SUM(v) AS s, COUNT(*) AS n FROM t GROUP BY {by})"
         );
-        let (got, _) = answer(&ours, &sql).await;
-        let (want, _) = answer(&plain, &sql).await;
+        let (got, _) = rows_and_plan(&ours, &sql).await;
+        let (want, _) = rows_and_plan(&plain, &sql).await;
         assert_eq!(got, want);
-        let analyzed = text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
+        let analyzed = sql_text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
         assert!(
-            metric(&analyzed, "skipped_aggregation_rows") > 100_000,
+            analyzed_metric(&analyzed, NAME, "skipped_aggregation_rows") > 100_000,
             "the operator did not pass rows through ({by}):\n{analyzed}"
         );
     }
@@ -299,13 +247,13 @@ async fn a_refusing_memory_pool_makes_it_emit_early_and_answer_the_same() {
     for by in ["k", "s, k"] {
         let sql =
             format!("SELECT k, SUM(v) AS s, COUNT(*) AS n, MIN(ts) AS first FROM t GROUP BY {by}");
-        let (got, _) = answer(&ours, &sql).await;
-        let (want, _) = answer(&plain, &sql).await;
+        let (got, _) = rows_and_plan(&ours, &sql).await;
+        let (want, _) = rows_and_plan(&plain, &sql).await;
         assert_eq!(got.len(), 40_000);
         assert_eq!(got, want);
-        let analyzed = text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
+        let analyzed = sql_text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
         assert!(
-            metric(&analyzed, "early_emits") > 0,
+            analyzed_metric(&analyzed, NAME, "early_emits") > 0,
             "the operator never emitted early ({by}):\n{analyzed}"
         );
     }

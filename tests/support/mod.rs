@@ -1,5 +1,6 @@
 //! Helpers shared by the Kafka and S3 tests: configurations, a real Apache Kafka broker, an S3 API
-//! server (moto), and reading the service's checkpoints.
+//! server (moto), and reading the service's checkpoints; and by the SQL plan tests: a statement's
+//! text, its sorted rows and plan, a metric of `EXPLAIN ANALYZE`.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -410,4 +411,76 @@ pub async fn scalar_i64(ctx: &datafusion::prelude::SessionContext, sql: &str) ->
     } else {
         a.value(0)
     }
+}
+
+/// A statement's result as a text table.
+pub async fn sql_text(ctx: &datafusion::prelude::SessionContext, sql: &str) -> String {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+/// The query's rows, sorted, as text; and its physical plan.
+pub async fn rows_and_plan(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> (Vec<String>, String) {
+    let mut rows: Vec<String> = sql_text(ctx, sql)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    rows.sort();
+    (rows, sql_text(ctx, &format!("EXPLAIN {sql}")).await)
+}
+
+/// The sum over a plan's lines naming `node` of one metric in `EXPLAIN ANALYZE` text ("590.00 K",
+/// "1.20 M" or a plain count).
+pub fn analyzed_metric(analyzed: &str, node: &str, metric: &str) -> u64 {
+    analyzed
+        .lines()
+        .filter(|l| l.contains(node))
+        .filter_map(|l| l.split(&format!("{metric}=")).nth(1))
+        .filter_map(|v| v.split([',', ']']).next())
+        .map(|v| {
+            let mut parts = v.split_whitespace();
+            let n: f64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+            let scale = match parts.next() {
+                Some("K") => 1e3,
+                Some("M") => 1e6,
+                _ => 1.0,
+            };
+            (n * scale) as u64
+        })
+        .sum()
+}
+
+/// Registers `name` as an in-memory table of `rows` in three partitions of `batches` batches each
+/// (as a scan of several files gives), `batch` turning a slice of rows into a batch of `schema`.
+pub fn register_in_parts<R>(
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+    schema: arrow::datatypes::SchemaRef,
+    rows: &[R],
+    batches: usize,
+    batch: impl Fn(&[R]) -> arrow::array::RecordBatch,
+) {
+    let mut parts: Vec<Vec<arrow::array::RecordBatch>> = rows
+        .chunks(rows.len().div_ceil(3).max(1))
+        .map(|part| {
+            part.chunks(part.len().div_ceil(batches).max(1))
+                .map(&batch)
+                .collect()
+        })
+        .collect();
+    if parts.is_empty() {
+        parts.push(Vec::new());
+    }
+    ctx.deregister_table(name).unwrap();
+    let table = datafusion::datasource::MemTable::try_new(schema, parts).unwrap();
+    ctx.register_table(name, std::sync::Arc::new(table))
+        .unwrap();
 }
