@@ -45,7 +45,6 @@
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{JoinType, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::physical_expr::PhysicalExpr;
@@ -57,6 +56,8 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, Physic
 use datafusion::physical_plan::joins::{HashJoinExec, HashJoinExecBuilder, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+
+use super::node_as;
 
 /// The aggregate functions whose partial results merge with the function itself.
 const MERGEABLE: [&str; 3] = ["sum", "min", "max"];
@@ -87,13 +88,7 @@ impl PhysicalOptimizerRule for EagerAggregation {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            Ok(match rewrite(&node)? {
-                Some(new) => Transformed::yes(new),
-                None => Transformed::no(node),
-            })
-        })
-        .data()
+        super::rewrite_nodes(plan, rewrite)
     }
 
     fn name(&self) -> &str {
@@ -121,18 +116,18 @@ fn column(e: &Arc<dyn PhysicalExpr>) -> Option<&Column> {
 
 /// `node` with a partial aggregate added below its join, or `None` when the rule does not apply.
 fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-    let Some(agg) = node.downcast_ref::<AggregateExec>() else {
+    let Some(agg) = node_as::<AggregateExec>(node) else {
         return Ok(None);
     };
     // A join with fewer output partitions than the session's gets a round-robin repartition
     // above it; it moves below the added aggregate, which is then the one spread.
-    let (join, spread) = match agg.input().downcast_ref::<RepartitionExec>() {
+    let (join, spread) = match node_as::<RepartitionExec>(agg.input()) {
         Some(r) if matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)) => {
             (r.input(), Some(r.partitioning().clone()))
         }
         _ => (agg.input(), None),
     };
-    let Some(join) = join.downcast_ref::<HashJoinExec>() else {
+    let Some(join) = node_as::<HashJoinExec>(join) else {
         return Ok(None);
     };
     let group_by = agg.group_expr();

@@ -34,6 +34,7 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext, cast, col};
 
 use crate::config::Config;
@@ -51,6 +52,30 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(partial_aggregation::PartialAggregation));
     rules
+}
+
+/// Applies `rewrite` to every node of `plan`, bottom up, replacing the nodes it answers for: the
+/// walk both of jinryu's optimizer rules make.
+fn rewrite_nodes(
+    plan: Arc<dyn ExecutionPlan>,
+    rewrite: impl Fn(
+        &Arc<dyn ExecutionPlan>,
+    ) -> datafusion::common::Result<Option<Arc<dyn ExecutionPlan>>>,
+) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+    plan.transform_up(|node| {
+        Ok(match rewrite(&node)? {
+            Some(new) => Transformed::yes(new),
+            None => Transformed::no(node),
+        })
+    })
+    .data()
+}
+
+/// `node` as a `T` if it is one itself. (`downcast_ref` on a plan also sees through a wrapper
+/// that delegates to a `T`; a rule that rebuilt from what it saw would drop the wrapper.)
+fn node_as<T: ExecutionPlan>(node: &Arc<dyn ExecutionPlan>) -> Option<&T> {
+    (node.as_ref() as &dyn std::any::Any).downcast_ref::<T>()
 }
 
 /// `sql/flow_15min.sql`.

@@ -36,20 +36,18 @@
 //! flat type (no dictionaries, lists or structs). The rule runs after DataFusion's last filter
 //! pushdown, so dynamic filters are already wired to the scans below.
 
-use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayData, ArrayRef, BooleanArray, MutableArrayData, RecordBatch, UInt32Array,
-    make_array,
+    Array, ArrayData, ArrayRef, BooleanArray, RecordBatch, UInt32Array, make_array,
 };
 use datafusion::arrow::buffer::{Buffer, NullBuffer};
 use datafusion::arrow::compute::kernels::cmp::distinct;
-use datafusion::arrow::compute::{or, take};
+use datafusion::arrow::compute::{BatchCoalescer, or, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, internal_err};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -80,19 +78,16 @@ impl PhysicalOptimizerRule for PartialAggregation {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            // The node itself, not a wrapper that delegates to an aggregate (`downcast_ref`
-            // would see through it, and the replacement would drop the wrapper).
-            let Some(agg) = (node.as_ref() as &dyn Any).downcast_ref::<AggregateExec>() else {
-                return Ok(Transformed::no(node));
+        super::rewrite_nodes(plan, |node| {
+            let Some(agg) = super::node_as::<AggregateExec>(node) else {
+                return Ok(None);
             };
             if !eligible(agg)? {
-                return Ok(Transformed::no(node));
+                return Ok(None);
             }
-            let agg = Arc::new(agg.clone());
-            Ok(Transformed::yes(Arc::new(PartialAggregateExec::new(agg)?)))
+            let exec = PartialAggregateExec::new(Arc::new(agg.clone()))?;
+            Ok(Some(Arc::new(exec) as Arc<dyn ExecutionPlan>))
         })
-        .data()
     }
 
     fn name(&self) -> &str {
@@ -287,7 +282,6 @@ impl ExecutionPlan for PartialAggregateExec {
             },
             Lookup::Runs => Groups::Runs {
                 values: new_group_values(group.group_schema(&input_schema)?, &GroupOrdering::None)?,
-                starts: Vec::new(),
                 run_groups: Vec::new(),
             },
         };
@@ -441,8 +435,7 @@ enum Groups {
     },
     Runs {
         values: Box<dyn GroupValues>,
-        /// Scratch: the first row of each run of equal keys in a batch, and its group.
-        starts: Vec<u32>,
+        /// Scratch: the group of each run of equal keys in a batch.
         run_groups: Vec<usize>,
     },
 }
@@ -458,14 +451,8 @@ impl Groups {
     fn size(&self) -> usize {
         match self {
             Groups::Cache { keys, .. } => keys.size(),
-            Groups::Runs {
-                values,
-                starts,
-                run_groups,
-            } => {
-                values.size()
-                    + starts.capacity() * size_of::<u32>()
-                    + run_groups.capacity() * size_of::<usize>()
+            Groups::Runs { values, run_groups } => {
+                values.size() + run_groups.capacity() * size_of::<usize>()
             }
         }
     }
@@ -478,18 +465,13 @@ impl Groups {
                 let values: &[i64] = &data.buffer::<i64>(0)[..rows];
                 groups.intern(values, keys[0].nulls(), out);
             }
-            Groups::Runs {
-                values,
-                starts,
-                run_groups,
-            } => {
-                run_starts(keys, rows, starts)?;
+            Groups::Runs { values, run_groups } => {
+                let firsts = run_starts(keys, rows)?;
                 out.clear();
-                if starts.len() * 2 > rows {
+                if firsts.len() * 2 > rows {
                     // Short runs: finding them saves nothing.
                     return values.intern(keys, out);
                 }
-                let firsts = UInt32Array::from(starts.clone());
                 let heads = keys
                     .iter()
                     .map(|k| take(k, &firsts, None))
@@ -497,6 +479,7 @@ impl Groups {
                 run_groups.clear();
                 values.intern(&heads, run_groups)?;
                 out.reserve(rows);
+                let starts = firsts.values();
                 for (r, &g) in run_groups.iter().enumerate() {
                     let end = starts.get(r + 1).map_or(rows, |&e| e as usize);
                     out.extend(std::iter::repeat_n(g, end - starts[r] as usize));
@@ -520,13 +503,12 @@ impl Groups {
     }
 }
 
-/// The first row of each run of rows with equal keys (NULL equal to NULL), into `starts`.
-fn run_starts(keys: &[ArrayRef], rows: usize, starts: &mut Vec<u32>) -> Result<()> {
-    starts.clear();
+/// The first row of each run of rows with equal keys (NULL equal to NULL).
+fn run_starts(keys: &[ArrayRef], rows: usize) -> Result<UInt32Array> {
     if rows == 0 {
-        return Ok(());
+        return Ok(UInt32Array::from(Vec::<u32>::new()));
     }
-    starts.push(0);
+    let mut starts = vec![0u32];
     let mut changed: Option<BooleanArray> = None;
     for k in keys {
         let d = distinct(&k.slice(1, rows - 1), &k.slice(0, rows - 1))?;
@@ -538,7 +520,7 @@ fn run_starts(keys: &[ArrayRef], rows: usize, starts: &mut Vec<u32>) -> Result<(
     if let Some(c) = changed {
         starts.extend(c.values().set_indices().map(|i| i as u32 + 1));
     }
-    Ok(())
+    Ok(UInt32Array::from(starts))
 }
 
 /// One partition's state while it runs.
@@ -664,29 +646,17 @@ impl Partial {
         for acc in &mut self.accumulators {
             columns.extend(acc.state(EmitTo::All)?);
         }
-        let rows = columns[0].len();
-        if rows <= self.batch_size {
-            self.out
-                .push_back(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        if batch.num_rows() <= self.batch_size {
+            self.out.push_back(batch);
         } else {
-            // Copied chunk by chunk: slices would each hold (and be accounted as) the whole
-            // state by the operators downstream.
-            let data: Vec<ArrayData> = columns.iter().map(|c| c.to_data()).collect();
-            let mut at = 0;
-            while at < rows {
-                let n = self.batch_size.min(rows - at);
-                let chunk = data
-                    .iter()
-                    .map(|d| {
-                        let mut copy = MutableArrayData::new(vec![d], false, n);
-                        copy.try_extend(0, at, at + n)?;
-                        Ok(make_array(copy.freeze()))
-                    })
-                    .collect::<Result<_>>()?;
-                self.out
-                    .push_back(RecordBatch::try_new(Arc::clone(&self.schema), chunk)?);
-                at += n;
-            }
+            // Copied into batches of the session's size (slices would each hold, and be
+            // accounted as, the whole state downstream; view columns are compacted too).
+            let mut chunks = BatchCoalescer::new(Arc::clone(&self.schema), self.batch_size);
+            chunks.push_batch(batch)?;
+            chunks.finish_buffered_batch()?;
+            self.out
+                .extend(std::iter::from_fn(|| chunks.next_completed_batch()));
         }
         self.reservation.free();
         Ok(())
