@@ -51,7 +51,7 @@ fn session(jinryu: bool, memory_limit: Option<usize>, probe_rows: usize) -> Sess
 
 /// Registers `t(k, ts, v, s)` from `rows` in three partitions of `batches` batches each (`s`:
 /// the key as text, for a grouping the operator must leave alone).
-fn register(ctx: &SessionContext, rows: &[Row], batches: usize) {
+async fn register(ctx: &SessionContext, rows: &[Row], batches: usize) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, true),
         Field::new(
@@ -76,6 +76,9 @@ fn register(ctx: &SessionContext, rows: &[Row], batches: usize) {
         RecordBatch::try_new(schema.clone(), cols).unwrap()
     };
     register_in_parts(ctx, "t", schema.clone(), rows, batches, batch);
+    // As jinryu's views show a stored µs timestamp: in milliseconds.
+    let view = "CREATE OR REPLACE VIEW w AS SELECT k, CAST(ts AS TIMESTAMP(3)) AS ts, v FROM t";
+    ctx.sql(view).await.unwrap().collect().await.unwrap();
 }
 
 /// Queries the operator takes: an integer key, a timestamp key, a key computed from a column
@@ -128,6 +131,40 @@ const LEFT_ALONE: [&str; 4] = [
     "SELECT named_struct('k', k) AS st, SUM(v) AS s FROM t GROUP BY named_struct('k', k)",
 ];
 
+/// Queries of the view `w` (a µs timestamp shown in ms, as jinryu's views do) and whether the key
+/// is grouped as stored, its cast moved from the view's projection into the partial aggregate
+/// (`__stored_ts`) and applied to the groups' keys only. Not where a dynamic filter on the key
+/// could reach the scan (a top-k by the key, a global aggregate above), nor where an aggregate
+/// reads the key too.
+const STORED: [(&str, bool); 6] = [
+    (
+        "SELECT ts, SUM(v) AS s, COUNT(*) AS n, MIN(v) AS lo FROM w GROUP BY ts",
+        true,
+    ),
+    (
+        "SELECT CAST(ts AS BIGINT) AS ms, SUM(v) AS s FROM w GROUP BY ts \
+         ORDER BY s DESC NULLS LAST, ms LIMIT 3",
+        true,
+    ),
+    (
+        "SELECT ts, SUM(v) AS s FROM w GROUP BY ts ORDER BY ts DESC LIMIT 3",
+        false,
+    ),
+    (
+        "SELECT ts, COUNT(*) AS n, MAX(ts) AS hi FROM w GROUP BY ts",
+        false,
+    ),
+    (
+        "SELECT MAX(ts) AS last, COUNT(*) AS n FROM (SELECT ts, SUM(v) AS s FROM w GROUP BY ts)",
+        false,
+    ),
+    (
+        "SELECT a.ts, a.s, b.n FROM (SELECT ts, SUM(v) AS s FROM w GROUP BY ts) a \
+         JOIN (SELECT ts, COUNT(*) AS n FROM w GROUP BY ts) b ON a.ts = b.ts",
+        false,
+    ),
+];
+
 /// Queries DataFusion may plan with a partial aggregate the operator takes or not: `DISTINCT`
 /// (one is rewritten as a grouping by `(k, v)` under a count by `k`; two stay distinct
 /// accumulators). Equal answers either way.
@@ -144,10 +181,16 @@ fn rows() -> impl Strategy<Value = Vec<Row>> {
         1 => Just(i64::MIN),
         1 => Just(i64::MAX),
     ];
+    // Timestamps also off the millisecond (either side of zero): several stored µs values
+    // fall in one millisecond of the view.
+    let ts = prop_oneof![
+        3 => key.clone(),
+        1 => (-3i64..3, -1_500i64..1_500).prop_map(|(w, us)| w * 900_000_000 + us),
+    ];
     prop::collection::vec(
         (
-            prop::option::weighted(0.9, key.clone()),
             prop::option::weighted(0.9, key),
+            prop::option::weighted(0.9, ts),
             prop::option::weighted(0.9, -1_000i64..1_000),
         ),
         0..400,
@@ -169,14 +212,26 @@ fn answers_as_datafusion_does(mut rows: Vec<Row>, sorted: bool, batches: usize, 
     rt.block_on(async {
         let ours = session(true, None, probe_rows);
         let plain = session(false, None, probe_rows);
-        register(&ours, &rows, batches);
-        register(&plain, &rows, batches);
+        register(&ours, &rows, batches).await;
+        register(&plain, &rows, batches).await;
         for (sql, keys) in TAKEN {
             let (got, plan) = rows_and_plan(&ours, sql).await;
             let (want, _) = rows_and_plan(&plain, sql).await;
             assert_eq!(got, want, "{sql}\n{plan}");
             assert!(plan.contains(NAME), "not taken: {sql}\n{plan}");
             assert!(plan.contains(&format!("keys={keys}")), "{sql}\n{plan}");
+        }
+        for (sql, stored) in STORED {
+            let (got, plan) = rows_and_plan(&ours, sql).await;
+            let (want, _) = rows_and_plan(&plain, sql).await;
+            assert_eq!(got, want, "{sql}\n{plan}");
+            assert_eq!(plan.contains("__stored_ts"), stored, "{sql}\n{plan}");
+            if stored {
+                assert!(
+                    plan.contains("keys=cache, key_cast=on_emit"),
+                    "{sql}\n{plan}"
+                );
+            }
         }
         for sql in EITHER_WAY {
             let (got, plan) = rows_and_plan(&ours, sql).await;
@@ -234,7 +289,7 @@ async fn a_grouping_that_does_not_reduce_passes_rows_through_and_answers_the_sam
         .collect();
     let (ours, plain) = (session(true, None, 10_000), session(false, None, 10_000));
     for ctx in [&ours, &plain] {
-        register(ctx, &rows, 40);
+        register(ctx, &rows, 40).await;
     }
     for by in ["k", "k, s"] {
         let sql = format!(
@@ -266,7 +321,7 @@ async fn a_refusing_memory_pool_makes_it_emit_early_and_answer_the_same() {
         session(false, None, 1_000_000),
     );
     for ctx in [&ours, &plain] {
-        register(ctx, &rows, 40);
+        register(ctx, &rows, 40).await;
     }
     for by in ["k", "s, k"] {
         let sql =

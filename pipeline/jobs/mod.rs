@@ -41,11 +41,18 @@ use crate::config::Config;
 use crate::sink::delta::{self, Table};
 use crate::sink::store::Storage;
 
-/// DataFusion's physical optimizer rules with jinryu's two: `eager_aggregation` before the last
-/// filter pushdown, `partial_aggregation` after it (before the final sanity check, which then
-/// checks the replaced nodes' requirements too).
+/// DataFusion's physical optimizer rules with jinryu's three: `partial_aggregation::StoredKeys`
+/// before the first projection pushdown (it moves a view's timestamp cast from a projection into
+/// a partial aggregate's grouping), `eager_aggregation` before the last filter pushdown, and
+/// `partial_aggregation` after it (before the final sanity check, which then checks the replaced
+/// nodes' requirements too).
 pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = eager_aggregation::EagerAggregation::with_default_rules();
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "ProjectionPushdown")
+        .unwrap_or(0);
+    rules.insert(at, Arc::new(partial_aggregation::StoredKeys));
     let at = rules
         .iter()
         .position(|r| r.name() == SanityCheckPlan::new().name())
