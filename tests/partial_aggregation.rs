@@ -134,12 +134,16 @@ const LEFT_ALONE: [&str; 4] = [
 /// Queries of the view `w` (a µs timestamp shown in ms, as jinryu's views do) and whether the key
 /// is grouped as stored, its cast moved from the view's projection into the partial aggregate
 /// (`__stored_ts`) and applied to the groups' keys only. Not where a dynamic filter on the key
-/// could reach the scan (a top-k by the key, a global aggregate above), nor where an aggregate
-/// reads the key too.
-const STORED: [(&str, bool); 6] = [
+/// could reach the scan (a top-k by the key, a global aggregate above, a join), nor where an
+/// aggregate reads the key too (as a value or as its ordering).
+const STORED: [(&str, bool); 7] = [
     (
         "SELECT ts, SUM(v) AS s, COUNT(*) AS n, MIN(v) AS lo FROM w GROUP BY ts",
         true,
+    ),
+    (
+        "SELECT ts, FIRST_VALUE(v ORDER BY ts, v NULLS FIRST) AS f FROM w GROUP BY ts",
+        false,
     ),
     (
         "SELECT CAST(ts AS BIGINT) AS ms, SUM(v) AS s FROM w GROUP BY ts \
@@ -278,6 +282,28 @@ fn tiny_tables_answer_as_datafusion_does() {
             answers_as_datafusion_does(rows.clone(), false, 1, probe_rows);
         }
     }
+}
+
+/// A grouping with a limit and no aggregate function: DataFusion gives its partial aggregate the
+/// limit (it stops once it has that many groups), and the stored-key rule leaves that aggregate
+/// as it is rather than rebuild it without the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_grouping_keeps_its_limit() {
+    let rows: Vec<Row> = (0..1_000i64)
+        .map(|i| (Some(i % 7), Some(i * 1_000_500), Some(i)))
+        .collect();
+    let ctx = session(true, None, 100_000);
+    register(&ctx, &rows, 4).await;
+    let sql = "SELECT ts FROM w GROUP BY ts LIMIT 5";
+    let plan = sql_text(&ctx, &format!("EXPLAIN {sql}")).await;
+    let partial = plan
+        .lines()
+        .find(|l| l.contains("mode=Partial"))
+        .unwrap_or_else(|| panic!("no partial aggregate: {plan}"));
+    assert!(partial.contains("lim=[5]"), "{plan}");
+    assert!(!plan.contains("__stored_"), "{plan}");
+    let (got, _) = rows_and_plan(&ctx, sql).await;
+    assert_eq!(got.len(), 5);
 }
 
 /// Every row a key of its own: after its probe the operator passes rows through as their own

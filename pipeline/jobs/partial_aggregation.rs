@@ -156,7 +156,12 @@ impl PhysicalOptimizerRule for StoredKeys {
 /// `agg` grouping by the stored key below its projection's cast, if it applies.
 fn group_by_stored_key(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let group = agg.group_expr();
-    if *agg.mode() != AggregateMode::Partial || !group.is_single() || group.expr().len() != 1 {
+    // (A limited partial aggregate stays DataFusion's, which the rebuild would lose the limit of.)
+    if *agg.mode() != AggregateMode::Partial
+        || !group.is_single()
+        || group.expr().len() != 1
+        || agg.limit_options().is_some()
+    {
         return Ok(None);
     }
     let Some(proj) = super::node_as::<ProjectionExec>(agg.input()) else {
@@ -170,14 +175,27 @@ fn group_by_stored_key(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPl
     let Some(cast) = coarsening_cast(&proj.expr()[index].expr, &proj.input().schema())? else {
         return Ok(None);
     };
+    // An aggregate's arguments, ordering (`FIRST_VALUE(v ORDER BY k)`) or filter reading the key
+    // would read the stored value in place of the view's.
     let read_elsewhere = agg
         .aggr_expr()
         .iter()
-        .flat_map(|a| a.expressions())
+        .flat_map(|a| {
+            a.expressions()
+                .into_iter()
+                .chain(a.order_bys().iter().map(|o| Arc::clone(&o.expr)))
+        })
         .chain(agg.filter_expr().iter().flatten().cloned())
         .any(|e| collect_columns(&e).iter().any(|c| c.index() == index));
+    // Filters are matched to the projection's columns by name: no other column may take the
+    // key's name, nor the stored column's.
     let stored = format!("__stored_{name}");
-    if read_elsewhere || proj.expr().iter().any(|e| e.alias == stored) {
+    let names_taken = proj
+        .expr()
+        .iter()
+        .enumerate()
+        .any(|(i, e)| e.alias == stored || (i != index && e.alias == *name));
+    if read_elsewhere || names_taken {
         return Ok(None);
     }
     let mut exprs = proj.expr().to_vec();
