@@ -31,6 +31,24 @@ fn cluster(topic: &str) -> MockCluster<'static, DefaultProducerContext> {
     c
 }
 
+/// The service's configuration against `mock` (storage in memory). The session timeout is 6 s,
+/// not the service's 30 s: the mock coordinator lets a stopped member go only after it, and in
+/// any rebalance but a group's first (a rejoin after the member's metadata changed, say) it
+/// waits up to the session timeout less 1 s for members — with 30 s, a join that took that path
+/// held the quiet-partition test for ~29 s, past its bound (librdkafka
+/// rdkafka_mock_cgrp.c, `rd_kafka_mock_cgrp_classic_rebalance`).
+fn mock_config(
+    mock: &MockCluster<'static, DefaultProducerContext>,
+    topic: &str,
+    group: &str,
+) -> Config {
+    let text = config_text("memory://", &mock.bootstrap_servers(), topic, group).replace(
+        "[kafka.properties]\n",
+        "[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000\n",
+    );
+    Config::parse(&text, "test.toml").unwrap()
+}
+
 /// A record as produced: key and value, either may be absent.
 type Record<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
@@ -58,15 +76,7 @@ async fn every_record_counted_once_across_restarts() {
     let n = records(&stream);
     let mock = cluster("events");
     let storage = Storage::open("memory://").unwrap();
-    // (The mock cluster lets a stopped member go only after its session timeout: keep it short.)
-    let cfg = Config::parse(
-        &config_text("memory://", &mock.bootstrap_servers(), "events", "g1").replace(
-            "[kafka.properties]\n",
-            "[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000\n",
-        ),
-        "test.toml",
-    )
-    .unwrap();
+    let cfg = mock_config(&mock, "events", "g1");
     let settings = cfg.kafka.clone().unwrap();
     // The stream in four chunks. Before each of three runs the next chunk is published; each run
     // is stopped once it has taken some of it, so every stop falls in mid-stream, with windows
@@ -145,11 +155,7 @@ async fn every_record_counted_once_across_restarts() {
 async fn kafka_only_rejections_are_quarantined_with_their_offset() {
     let mock = cluster("odd");
     let storage = Storage::open("memory://").unwrap();
-    let cfg = Config::parse(
-        &config_text("memory://", &mock.bootstrap_servers(), "odd", "g2"),
-        "test.toml",
-    )
-    .unwrap();
+    let cfg = mock_config(&mock, "odd", "g2");
     let good =
         br#"{"sensor_id":"J1-1","ts":"2026-10-05T08:00:10+09:00","direction":"north","count":3}"#;
     let big = vec![b' '; 5000];
@@ -216,11 +222,7 @@ async fn kafka_only_rejections_are_quarantined_with_their_offset() {
 async fn quiet_partition_closes_its_windows_by_wall_clock() {
     let mock = cluster("quiet");
     let storage = Storage::open("memory://").unwrap();
-    let cfg = Config::parse(
-        &config_text("memory://", &mock.bootstrap_servers(), "quiet", "g3"),
-        "test.toml",
-    )
-    .unwrap();
+    let cfg = mock_config(&mock, "quiet", "g3");
     // Events of 40 minutes ago: by event time alone their window (end + 10 min lateness) is not
     // final, since nothing later arrives. Only the idle clock (2 s here) can close it.
     let ts = chrono::Utc::now() - chrono::Duration::minutes(40);
@@ -297,11 +299,7 @@ async fn compaction_while_the_service_writes_changes_no_count() {
     let n = records(&stream);
     let mock = cluster("compact");
     let storage = Storage::open("memory://").unwrap();
-    let cfg = Config::parse(
-        &config_text("memory://", &mock.bootstrap_servers(), "compact", "g4"),
-        "test.toml",
-    )
-    .unwrap();
+    let cfg = mock_config(&mock, "compact", "g4");
     let settings = cfg.kafka.clone().unwrap();
     let run = start(&cfg, &storage);
     let published = publish_stream(&settings, stream);
@@ -352,11 +350,7 @@ async fn a_damaged_state_object_stops_the_partition_and_turns_healthz_503() {
     use jinryu::sink::delta::{self, Table};
     let mock = cluster("damaged");
     let storage = Storage::open("memory://").unwrap();
-    let cfg = Config::parse(
-        &config_text("memory://", &mock.bootstrap_servers(), "damaged", "g5"),
-        "test.toml",
-    )
-    .unwrap();
+    let cfg = mock_config(&mock, "damaged", "g5");
     let ts = chrono::Utc::now() - chrono::Duration::hours(3);
     let line = |i: i64| {
         format!(
