@@ -333,6 +333,37 @@ async fn a_grouping_that_does_not_reduce_passes_rows_through_and_answers_the_sam
     }
 }
 
+/// At a probe ratio of 1.0 a partial aggregate never passes rows through, even when every row
+/// is a group of its own (DataFusion's rule skips only above the ratio): the operator must keep
+/// aggregating, and answer the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_probe_ratio_of_one_it_never_passes_rows_through() {
+    let rows: Vec<Row> = (0..40_000i64)
+        .map(|i| (Some(i * 7), Some(i), Some(i % 1_000)))
+        .collect();
+    let (ours, plain) = (session(true, None, 1_000), session(false, None, 1_000));
+    for ctx in [&ours, &plain] {
+        sql_text(
+            ctx,
+            "SET datafusion.execution.skip_partial_aggregation_probe_ratio_threshold = 1.0",
+        )
+        .await;
+        register(ctx, &rows, 10).await;
+    }
+    let sql = "SELECT SUM(s) AS total, COUNT(*) AS groups FROM \
+               (SELECT k, SUM(v) AS s FROM t GROUP BY k)";
+    let (got, _) = rows_and_plan(&ours, sql).await;
+    let (want, _) = rows_and_plan(&plain, sql).await;
+    assert_eq!(got, want);
+    let analyzed = sql_text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
+    assert!(analyzed.contains(NAME), "{analyzed}");
+    assert_eq!(
+        analyzed_metric(&analyzed, NAME, "skipped_aggregation_rows"),
+        0,
+        "{analyzed}"
+    );
+}
+
 /// A memory pool too small for the groups: the operator emits what it has and starts afresh
 /// (a key may then reach the final aggregate twice) — the answer must not change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
