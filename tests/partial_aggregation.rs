@@ -16,7 +16,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use proptest::prelude::*;
-use support::{analyzed_metric, register_in_parts, rows_and_plan, sql_text};
+use support::{analyzed_metric, register_in_parts, rows_and_plan, same_rows, sql_text};
 
 /// A row: key, timestamp key (µs), value.
 type Row = (Option<i64>, Option<i64>, Option<i64>);
@@ -219,16 +219,12 @@ fn answers_as_datafusion_does(mut rows: Vec<Row>, sorted: bool, batches: usize, 
         register(&ours, &rows, batches).await;
         register(&plain, &rows, batches).await;
         for (sql, keys) in TAKEN {
-            let (got, plan) = rows_and_plan(&ours, sql).await;
-            let (want, _) = rows_and_plan(&plain, sql).await;
-            assert_eq!(got, want, "{sql}\n{plan}");
+            let (_, plan) = same_rows(&ours, &plain, sql).await;
             assert!(plan.contains(NAME), "not taken: {sql}\n{plan}");
             assert!(plan.contains(&format!("keys={keys}")), "{sql}\n{plan}");
         }
         for (sql, stored) in STORED {
-            let (got, plan) = rows_and_plan(&ours, sql).await;
-            let (want, _) = rows_and_plan(&plain, sql).await;
-            assert_eq!(got, want, "{sql}\n{plan}");
+            let (_, plan) = same_rows(&ours, &plain, sql).await;
             assert_eq!(plan.contains("__stored_ts"), stored, "{sql}\n{plan}");
             if stored {
                 assert!(
@@ -238,14 +234,10 @@ fn answers_as_datafusion_does(mut rows: Vec<Row>, sorted: bool, batches: usize, 
             }
         }
         for sql in EITHER_WAY {
-            let (got, plan) = rows_and_plan(&ours, sql).await;
-            let (want, _) = rows_and_plan(&plain, sql).await;
-            assert_eq!(got, want, "{sql}\n{plan}");
+            same_rows(&ours, &plain, sql).await;
         }
         for sql in LEFT_ALONE {
-            let (got, plan) = rows_and_plan(&ours, sql).await;
-            let (want, _) = rows_and_plan(&plain, sql).await;
-            assert_eq!(got, want, "{sql}\n{plan}");
+            let (_, plan) = same_rows(&ours, &plain, sql).await;
             assert!(!plan.contains(NAME), "taken: {sql}\n{plan}");
         }
     });
@@ -322,9 +314,7 @@ async fn a_grouping_that_does_not_reduce_passes_rows_through_and_answers_the_sam
             "SELECT SUM(s) AS total, COUNT(*) AS groups, MAX(n) AS most FROM \
              (SELECT k, SUM(v) AS s, COUNT(*) AS n FROM t GROUP BY {by})"
         );
-        let (got, _) = rows_and_plan(&ours, &sql).await;
-        let (want, _) = rows_and_plan(&plain, &sql).await;
-        assert_eq!(got, want);
+        same_rows(&ours, &plain, &sql).await;
         let analyzed = sql_text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
         assert!(
             analyzed_metric(&analyzed, NAME, "skipped_aggregation_rows") > 100_000,
@@ -352,9 +342,7 @@ async fn at_a_probe_ratio_of_one_it_never_passes_rows_through() {
     }
     let sql = "SELECT SUM(s) AS total, COUNT(*) AS groups FROM \
                (SELECT k, SUM(v) AS s FROM t GROUP BY k)";
-    let (got, _) = rows_and_plan(&ours, sql).await;
-    let (want, _) = rows_and_plan(&plain, sql).await;
-    assert_eq!(got, want);
+    same_rows(&ours, &plain, sql).await;
     let analyzed = sql_text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
     assert!(analyzed.contains(NAME), "{analyzed}");
     assert_eq!(
@@ -383,10 +371,8 @@ async fn a_refusing_memory_pool_makes_it_emit_early_and_answer_the_same() {
     for by in ["k", "s, k"] {
         let sql =
             format!("SELECT k, SUM(v) AS s, COUNT(*) AS n, MIN(ts) AS first FROM t GROUP BY {by}");
-        let (got, _) = rows_and_plan(&ours, &sql).await;
-        let (want, _) = rows_and_plan(&plain, &sql).await;
+        let (got, _) = same_rows(&ours, &plain, &sql).await;
         assert_eq!(got.len(), 40_000);
-        assert_eq!(got, want);
         let analyzed = sql_text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
         assert!(
             analyzed_metric(&analyzed, NAME, "early_emits") > 0,

@@ -61,7 +61,7 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 }
 
 /// Applies `rewrite` to every node of `plan`, bottom up, replacing the nodes it answers for: the
-/// walk both of jinryu's optimizer rules make.
+/// walk every one of jinryu's optimizer rules makes.
 fn rewrite_nodes(
     plan: Arc<dyn ExecutionPlan>,
     rewrite: impl Fn(

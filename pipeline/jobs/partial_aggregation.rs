@@ -57,15 +57,15 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::{Buffer, NullBuffer};
 use datafusion::arrow::compute::kernels::cmp::distinct;
-use datafusion::arrow::compute::{BatchCoalescer, cast_with_options, or, take};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::compute::{BatchCoalescer, cast, or, take};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, internal_err};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_expr::expressions::CastExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -168,7 +168,7 @@ fn group_by_stored_key(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPl
         return Ok(None);
     };
     let (key, name) = &group.expr()[0];
-    let Some(col) = key.downcast_ref::<datafusion::physical_expr::expressions::Column>() else {
+    let Some(col) = key.downcast_ref::<Column>() else {
         return Ok(None);
     };
     let index = col.index();
@@ -181,9 +181,8 @@ fn group_by_stored_key(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPl
         .aggr_expr()
         .iter()
         .flat_map(|a| {
-            a.expressions()
-                .into_iter()
-                .chain(a.order_bys().iter().map(|o| Arc::clone(&o.expr)))
+            let e = a.all_expressions();
+            e.args.into_iter().chain(e.order_by_exprs)
         })
         .chain(agg.filter_expr().iter().flatten().cloned())
         .any(|e| collect_columns(&e).iter().any(|c| c.index() == index));
@@ -202,9 +201,7 @@ fn group_by_stored_key(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPl
     exprs[index] = ProjectionExpr::new(Arc::clone(cast.expr()), stored.clone());
     let input: Arc<dyn ExecutionPlan> =
         Arc::new(ProjectionExec::try_new(exprs, Arc::clone(proj.input()))?);
-    let stored_col: Arc<dyn PhysicalExpr> = Arc::new(
-        datafusion::physical_expr::expressions::Column::new(&stored, index),
-    );
+    let stored_col: Arc<dyn PhysicalExpr> = Arc::new(Column::new(&stored, index));
     // The projection's own cast, of the stored column.
     let key = Arc::clone(&proj.expr()[index].expr).with_new_children(vec![stored_col])?;
     let folded = AggregateExec::try_new(
@@ -222,8 +219,7 @@ fn group_by_stored_key(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPl
 /// Whether a dynamic filter on some aggregate's group keys might be pushed down to a scan (see
 /// [`StoredKeys`]); unsure counts as yes.
 fn may_filter_group_keys(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
-    let mut may = false;
-    plan.apply(|node| {
+    plan.exists(|node| {
         let global_aggregate =
             super::node_as::<AggregateExec>(node).is_some_and(|a| a.group_expr().is_empty());
         let top_k_by_keys = super::node_as::<SortExec>(node).is_some_and(|sort| {
@@ -234,14 +230,8 @@ fn may_filter_group_keys(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
                         .any(|c| aggregate_result(sort.input(), c.index()))
                 })
         });
-        may = node.children().len() > 1 || global_aggregate || top_k_by_keys;
-        Ok(if may {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    })?;
-    Ok(may)
+        Ok(node.children().len() > 1 || global_aggregate || top_k_by_keys)
+    })
 }
 
 /// Whether column `index` of `node`'s output is computed from an aggregate's result (not only
@@ -277,17 +267,10 @@ fn coarsening_cast<'a>(
     let Some(cast) = e.downcast_ref::<CastExpr>() else {
         return Ok(None);
     };
-    fn per_second(u: &TimeUnit) -> i64 {
-        match u {
-            TimeUnit::Second => 1,
-            TimeUnit::Millisecond => 1_000,
-            TimeUnit::Microsecond => 1_000_000,
-            TimeUnit::Nanosecond => 1_000_000_000,
-        }
-    }
+    // (`TimeUnit` orders from seconds to nanoseconds: finer is greater.)
     Ok(match (cast.expr().data_type(input)?, cast.cast_type()) {
         (DataType::Timestamp(from, from_tz), DataType::Timestamp(to, to_tz))
-            if (from_tz == *to_tz || to_tz.is_none()) && per_second(&from) > per_second(to) =>
+            if (from_tz == *to_tz || to_tz.is_none()) && from > *to =>
         {
             Some(cast)
         }
@@ -364,22 +347,15 @@ impl Lookup {
     }
 }
 
-/// A key looked up as stored: the expression under the key's cast, and the cast's options (for
-/// the emitted keys).
-#[derive(Debug, Clone)]
-struct StoredKey {
-    expr: Arc<dyn PhysicalExpr>,
-    options: datafusion::arrow::compute::CastOptions<'static>,
-}
-
 /// The operator; see the module documentation. It keeps the `AggregateExec` it replaces as its
 /// description (key, aggregates, output schema, partitioning) and never executes it.
 #[derive(Debug)]
 pub struct PartialAggregateExec {
     agg: Arc<AggregateExec>,
     lookup: Lookup,
-    /// The cache's key as stored, when the key only coarsens it (`key_cast=on_emit`).
-    stored_key: Option<StoredKey>,
+    /// The expression under the key's cast, when the key only coarsens a timestamp: looked up as
+    /// stored (`key_cast=on_emit`).
+    stored_key: Option<Arc<dyn PhysicalExpr>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -398,10 +374,7 @@ impl PartialAggregateExec {
         let lookup = Lookup::of(&agg)?;
         let stored_key = match lookup {
             Lookup::Cache => coarsening_cast(&agg.group_expr().expr()[0].0, &agg.input_schema())?
-                .map(|c| StoredKey {
-                    expr: Arc::clone(c.expr()),
-                    options: c.cast_options().clone(),
-                }),
+                .map(|c| Arc::clone(c.expr())),
             Lookup::Runs => None,
         };
         Ok(Self {
@@ -493,17 +466,17 @@ impl ExecutionPlan for PartialAggregateExec {
         let group = self.agg.group_expr();
         let schema = self.agg.schema();
         let groups = match self.lookup {
-            Lookup::Cache => Groups::Cache {
-                keys: KeyGroups::new(),
-                key_type: group.expr()[0].0.data_type(&input_schema)?,
-                stored: match &self.stored_key {
-                    Some(k) => Some(Box::new((
-                        k.expr.data_type(&input_schema)?,
-                        k.options.clone(),
-                    ))),
-                    None => None,
-                },
-            },
+            Lookup::Cache => {
+                let key_type = group.expr()[0].0.data_type(&input_schema)?;
+                Groups::Cache {
+                    keys: KeyGroups::new(),
+                    stored_type: match &self.stored_key {
+                        Some(k) => k.data_type(&input_schema)?,
+                        None => key_type.clone(),
+                    },
+                    key_type,
+                }
+            }
             Lookup::Runs => Groups::Runs {
                 values: new_group_values(group.group_schema(&input_schema)?, &GroupOrdering::None)?,
                 run_groups: Vec::new(),
@@ -512,7 +485,7 @@ impl ExecutionPlan for PartialAggregateExec {
         let state = Partial {
             input,
             keys: group.expr().iter().map(|(e, _)| Arc::clone(e)).collect(),
-            stored_key: self.stored_key.as_ref().map(|k| Arc::clone(&k.expr)),
+            stored_key: self.stored_key.clone(),
             args: self
                 .agg
                 .aggr_expr()
@@ -660,9 +633,9 @@ impl KeyGroups {
 enum Groups {
     Cache {
         keys: KeyGroups,
+        /// The type the keys are interned as; cast to `key_type` on emission when it differs.
+        stored_type: DataType,
         key_type: DataType,
-        /// Keys interned as stored: their type, and the cast to `key_type` on emission.
-        stored: Option<Box<(DataType, datafusion::arrow::compute::CastOptions<'static>)>>,
     },
     Runs {
         values: Box<dyn GroupValues>,
@@ -725,17 +698,16 @@ impl Groups {
         match self {
             Groups::Cache {
                 keys,
+                stored_type,
                 key_type,
-                stored: None,
-            } => Ok(vec![keys.take(key_type)?]),
-            Groups::Cache {
-                keys,
-                key_type,
-                stored: Some(stored),
             } => {
-                let (stored_type, options) = &**stored;
-                let stored = keys.take(stored_type)?;
-                Ok(vec![cast_with_options(&stored, key_type, options)?])
+                let keys = keys.take(stored_type)?;
+                // A coarsening cast divides: it cannot fail, so the cast's options do not matter.
+                Ok(vec![if stored_type == key_type {
+                    keys
+                } else {
+                    cast(&keys, key_type)?
+                }])
             }
             Groups::Runs { values, .. } => {
                 let keys = values.emit(EmitTo::All)?;

@@ -437,6 +437,19 @@ pub async fn rows_and_plan(
     (rows, sql_text(ctx, &format!("EXPLAIN {sql}")).await)
 }
 
+/// Runs `sql` in `ours` and in `plain` (a session without the rule under test) and asserts equal
+/// rows; returns `ours`'s rows and plan, for assertions on them.
+pub async fn same_rows(
+    ours: &datafusion::prelude::SessionContext,
+    plain: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> (Vec<String>, String) {
+    let (got, plan) = rows_and_plan(ours, sql).await;
+    let (want, _) = rows_and_plan(plain, sql).await;
+    assert_eq!(got, want, "{sql}\n{plan}");
+    (got, plan)
+}
+
 /// The sum over a plan's lines naming `node` of one metric in `EXPLAIN ANALYZE` text ("590.00 K",
 /// "1.20 M" or a plain count).
 pub fn analyzed_metric(analyzed: &str, node: &str, metric: &str) -> u64 {
